@@ -1,0 +1,1 @@
+"""Converters from published checkpoint formats to dgan_jax's own."""

@@ -1,0 +1,106 @@
+"""Readers that treat checkpoint files as data, never as programs."""
+
+import os
+import pickle
+import zipfile
+
+import numpy as np
+
+from dgan_jax.generators.checkpoint import CheckpointError
+
+
+def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
+  """A PyTorch `.pt`/`.pth` state dict -> {name: float32 array} via weights_only loading.
+
+  A dict wrapping the state dict under 'state_dict' or 'model_state_dict' is unwrapped.
+  """
+  if not os.path.isfile(path):
+    raise CheckpointError(f'{path}: no such file')
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise CheckpointError(f'{path}: reading PyTorch files needs torch '
+                          '(pip install torch); nothing else in dgan_jax does') from None
+  try:
+    obj = torch.load(path, map_location='cpu', weights_only=True)
+  except pickle.UnpicklingError as e:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise CheckpointError(f'{path}: refused or unreadable as a weights-only PyTorch file '
+                          f'({first})') from None
+  except Exception as e:  # torch raises RuntimeError/EOFError/zip errors for damaged files
+    raise CheckpointError(f'{path}: corrupt or truncated PyTorch file '
+                          f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})'
+                          ) from None
+  for wrapper in ('state_dict', 'model_state_dict'):
+    if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
+      obj = obj[wrapper]
+  if not isinstance(obj, dict):
+    raise CheckpointError(f'{path}: expected a state dict, found {type(obj).__name__}')
+  return {k: v.detach().cpu().float().numpy() if hasattr(v, 'detach') else np.asarray(v)
+          for k, v in obj.items()}
+
+
+class TFNetworkStub:
+  """Stands in for `dnnlib.tflib.network.Network`: keeps the pickled state as data."""
+
+  def __setstate__(self, state: dict):
+    self.state = state
+
+  @property
+  def name(self) -> str:
+    return self.state.get('name', '')
+
+  @property
+  def components(self) -> dict:
+    return self.state.get('components', {})
+
+  @property
+  def variables(self) -> dict[str, np.ndarray]:
+    return {name: np.asarray(value) for name, value in self.state.get('variables', [])}
+
+
+class EasyDictStub(dict):
+  """`dnnlib.util.EasyDict` is a plain dict with attribute access; a dict is enough."""
+
+
+_ALLOWED = {
+    ('dnnlib.tflib.network', 'Network'): TFNetworkStub,
+    ('dnnlib.util', 'EasyDict'): EasyDictStub,
+    ('collections', 'OrderedDict'): dict,
+}
+_NUMPY_MODULES = ('numpy', 'numpy.core.multiarray', 'numpy._core.multiarray',
+                  'numpy.core.numeric', 'numpy._core.numeric')
+_NUMPY_NAMES = ('_reconstruct', 'ndarray', 'dtype', 'scalar', '_frombuffer')
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+
+  def find_class(self, module, name):
+    if (module, name) in _ALLOWED:
+      return _ALLOWED[(module, name)]
+    if module in _NUMPY_MODULES and name in _NUMPY_NAMES:
+      return super().find_class(module, name)
+    raise pickle.UnpicklingError(f'refusing to load class {module}.{name}: '
+                                 'a checkpoint may only hold networks and arrays')
+
+
+def load_tf_pickle(path: str):
+  """An official NVIDIA StyleGAN pickle -> its (G, D, Gs) tuple of TFNetworkStub, no TF."""
+  if not os.path.isfile(path):
+    raise CheckpointError(f'{path}: no such file')
+  try:
+    with open(path, 'rb') as f:
+      obj = _DataOnlyUnpickler(f, encoding='latin1').load()
+  except pickle.UnpicklingError as e:
+    raise CheckpointError(f'{path}: {e}') from None
+  except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+    raise CheckpointError(f'{path}: corrupt or truncated pickle ({type(e).__name__}: {e})'
+                          ) from None
+  if not (isinstance(obj, tuple) and len(obj) == 3
+          and all(isinstance(n, TFNetworkStub) for n in obj)):
+    raise CheckpointError(f'{path}: expected the (G, D, Gs) tuple of an official StyleGAN pickle')
+  return obj
+
+
+def is_zip(path: str) -> bool:
+  return zipfile.is_zipfile(path)

@@ -1,0 +1,1 @@
+"""dgan_jax: DatasetGAN and BigDatasetGAN in JAX/Flax."""

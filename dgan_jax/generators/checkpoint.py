@@ -1,0 +1,113 @@
+"""The converted-generator directory: `generator.json` (architecture) + `params.npz`.
+
+`params.npz` holds flat '/'-joined parameter names (`synthesis/b8/conv1/weight`), and
+optionally `avg_latent` (the truncation average W) and `noise/{j}` (constant noise
+inputs, [1, h, w, 1], layer order). It is read with allow_pickle=False: data only.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from typing import Any
+
+import numpy as np
+
+FORMAT = 'dgan_jax.generator'
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+  """A checkpoint file is missing, corrupt or does not match the architecture."""
+
+
+def flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
+  """Nested dict -> {'a/b/c': leaf}."""
+  flat = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      flat.update(flatten(v, f'{prefix}{k}/'))
+    else:
+      flat[f'{prefix}{k}'] = v
+  return flat
+
+
+def unflatten(flat: dict[str, Any]) -> dict:
+  """{'a/b/c': leaf} -> nested dict."""
+  tree: dict = {}
+  for name, value in flat.items():
+    node = tree
+    *parents, leaf = name.split('/')
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = value
+  return tree
+
+
+def check_names_and_shapes(arrays: dict[str, np.ndarray], expected: dict[str, tuple],
+                           source: str) -> None:
+  """Raises CheckpointError listing missing, unexpected and misshapen entries."""
+  missing = [k for k in expected if k not in arrays]
+  unexpected = [k for k in arrays if k not in expected]
+  misshapen = [f'{k}: {tuple(arrays[k].shape)} != {tuple(s)}' for k, s in expected.items()
+               if k in arrays and tuple(arrays[k].shape) != tuple(s)]
+  problems = []
+  for label, names in (('missing', missing), ('unexpected', unexpected),
+                       ('wrong shape', misshapen)):
+    if names:
+      shown = ', '.join(names[:6]) + (f' (+{len(names) - 6} more)' if len(names) > 6 else '')
+      problems.append(f'{len(names)} {label}: {shown}')
+  if problems:
+    raise CheckpointError(f'{source}: ' + '; '.join(problems))
+
+
+def save(directory: str, arch: dict, params: dict, extras: dict[str, np.ndarray],
+         info: dict | None = None) -> None:
+  """Writes the checkpoint to a temporary sibling directory, then renames it into place."""
+  directory = os.path.abspath(directory)
+  parent = os.path.dirname(directory)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + '.tmp-', dir=parent)
+  try:
+    arrays = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
+    arrays.update({k: np.asarray(v, np.float32) for k, v in extras.items()})
+    np.savez(os.path.join(tmp, 'params.npz'), **arrays)
+    with open(os.path.join(tmp, 'generator.json'), 'w') as f:
+      json.dump({'format': FORMAT, 'format_version': FORMAT_VERSION, 'arch': arch,
+                 **(info or {})}, f, indent=2)
+    if os.path.exists(directory):
+      old = directory + '.old'
+      os.rename(directory, old)
+      os.rename(tmp, directory)
+      shutil.rmtree(old)
+    else:
+      os.rename(tmp, directory)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def read(directory: str) -> tuple[dict, dict[str, np.ndarray]]:
+  """-> (generator.json contents, flat arrays). Clear errors for missing/corrupt files."""
+  meta_path = os.path.join(directory, 'generator.json')
+  params_path = os.path.join(directory, 'params.npz')
+  if not os.path.isdir(directory):
+    raise CheckpointError(f'{directory}: no such checkpoint directory (convert one with '
+                          '`python -m convert_weights stylegan1 SRC DST`)')
+  for path in (meta_path, params_path):
+    if not os.path.isfile(path):
+      raise CheckpointError(f'{path}: missing; {directory} is not a complete converted checkpoint')
+  try:
+    with open(meta_path) as f:
+      meta = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise CheckpointError(f'{meta_path}: not valid JSON ({e})') from None
+  if meta.get('format') != FORMAT or 'arch' not in meta:
+    raise CheckpointError(f'{meta_path}: not a {FORMAT} file')
+  try:
+    with np.load(params_path, allow_pickle=False) as npz:
+      arrays = {k: npz[k] for k in npz.files}
+  except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+    raise CheckpointError(f'{params_path}: corrupt or truncated ({e})') from None
+  return meta, arrays
