@@ -211,12 +211,6 @@ def from_tf_networks(gs: safe_load.TFNetworkStub, source: str = 'Gs'):
   return arch, flat, None if avg is None else _check_avg_latent(avg, arch, source), noise
 
 
-def draw_const_noise(arch: stylegan1.StyleGAN1Arch, seed: int) -> list[np.ndarray]:
-  """Constant noise for sources that store none: N(0, 1) from numpy RandomState(seed)."""
-  rng = np.random.RandomState(seed)
-  return [rng.standard_normal((1, h, w, 1)).astype(np.float32) for h, w in arch.noise_shapes]
-
-
 def convert(src: str, dst: str, avg_latent_path: str | None = None, noise_seed: int = 0) -> dict:
   """Converts SRC (.pt state dict or TF .pkl) into the generator directory DST.
 
@@ -234,7 +228,7 @@ def convert(src: str, dst: str, avg_latent_path: str | None = None, noise_seed: 
     source_format = 'datasetgan-pytorch'
   info = {'source': os.path.abspath(src), 'source_format': source_format}
   if noise is None:
-    noise = draw_const_noise(arch, noise_seed)
+    noise = stylegan1.draw_const_noise(arch, noise_seed)
     info['const_noise'] = f'drawn at conversion: numpy RandomState({noise_seed}) N(0, 1)'
   else:
     info['const_noise'] = 'from the checkpoint (noise0..)'

@@ -1,5 +1,5 @@
 """Pretrained GAN generators that return their intermediate feature maps."""
 
 from dgan_jax.generators.checkpoint import CheckpointError
-from dgan_jax.generators.load import load
+from dgan_jax.generators.load import from_config, load
 from dgan_jax.generators.stylegan1 import StyleGAN1Arch, StyleGAN1Generator

@@ -14,11 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from dgan_jax.errors import InputError
+
 FORMAT = 'dgan_jax.generator'
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
   """A checkpoint file is missing, corrupt or does not match the architecture."""
 
 

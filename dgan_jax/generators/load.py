@@ -1,7 +1,12 @@
-"""Converted checkpoint directory -> generator object."""
+"""Converted checkpoint directory (or a config) -> generator object."""
 
+import os
+
+import jax
 import jax.numpy as jnp
+import numpy as np
 
+from dgan_jax.errors import InputError
 from dgan_jax.generators import checkpoint
 from dgan_jax.generators import stylegan1
 
@@ -36,3 +41,34 @@ def load(path: str, dtype=jnp.float32):
   if kind not in BUILDERS:
     raise checkpoint.CheckpointError(f'{path}/generator.json: unknown generator type {kind!r}')
   return BUILDERS[kind](meta['arch'], arrays, path, dtype)
+
+
+def from_config(generator_config, seed: int):
+  """The run's generator: a converted checkpoint, or a random-weight StyleGAN (v1)
+  when `generator.random_init.enabled` (tests, smoke runs)."""
+  dtype = jnp.dtype(generator_config.dtype)
+  random_init = generator_config.random_init
+  if random_init.enabled:
+    arch = stylegan1.StyleGAN1Arch(resolution=random_init.resolution,
+                                   fmap_base=random_init.fmap_base,
+                                   fmap_max=random_init.fmap_max,
+                                   mapping_layers=random_init.mapping_layers)
+    params = stylegan1.init_params(arch, jax.random.key(seed))
+    g = stylegan1.StyleGAN1Generator(arch, params, const_noise=stylegan1.draw_const_noise(arch, seed),
+                                     dtype=dtype)
+    z = np.random.RandomState(seed).standard_normal((1024, arch.latent_size))
+    g.avg_latent = jnp.mean(g.map(z), axis=0)
+  else:
+    path = generator_config.checkpoint
+    if not path or not os.path.exists(path):
+      raise InputError(
+          f'config.generator.checkpoint: {path or "(empty)"} does not exist. '
+          f'{generator_config.how_to_get}'.strip())
+    g = load(path, dtype)
+  if generator_config.avg_latent:
+    avg = np.load(generator_config.avg_latent, allow_pickle=False)
+    if avg.shape not in ((g.arch.dlatent_size,), (g.num_ws, g.arch.dlatent_size)):
+      raise InputError(f'{generator_config.avg_latent}: average W must be [512] or '
+                       f'[{g.num_ws}, 512], got {avg.shape}')
+    g.avg_latent = jnp.asarray(avg, jnp.float32)
+  return g

@@ -243,6 +243,13 @@ def init_params(arch: StyleGAN1Arch, key: jax.Array) -> Params:
   return unflatten(flat)
 
 
+def draw_const_noise(arch: StyleGAN1Arch, seed: int) -> list[np.ndarray]:
+  """Constant noise inputs [1, h, w, 1] from numpy RandomState(seed), for networks that
+  store none (DatasetGAN's .pt files, random-weight generators)."""
+  rng = np.random.RandomState(seed)
+  return [rng.standard_normal((1, h, w, 1)).astype(np.float32) for h, w in arch.noise_shapes]
+
+
 @functools.lru_cache(maxsize=None)
 def jitted(arch: StyleGAN1Arch):
   """Compiled (map, synthesis, synthesis-from-keys) for one architecture."""

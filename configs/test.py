@@ -1,0 +1,24 @@
+"""A tiny random-weight StyleGAN (v1): every stage runs in seconds, offline.
+
+  python -m dgan_jax.main --config=configs/test.py --workdir=/tmp/dgan_test
+"""
+
+from dgan_jax import config as config_lib
+
+
+def get_config(arg=None):
+  del arg
+  config = config_lib.base()
+  config.generator.random_init.enabled = True
+  config.generator.random_init.resolution = 32
+  config.generator.random_init.fmap_base = 128
+  config.generator.random_init.fmap_max = 32
+  config.data.name = 'test'
+  config.data.num_classes = 3
+  config.data.class_names = ('background', 'part_a', 'part_b')
+  config.data.num_annotated = 4
+  config.interpreter.num_members = 3
+  config.sample.num_samples = 4
+  config.sample.batch_size = 2
+  config.sample.grid_columns = 4
+  return config_lib.finalize(config)

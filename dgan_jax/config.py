@@ -1,0 +1,89 @@
+"""The config schema: every field a run may set, with its default.
+
+Experiment files (`configs/<name>.py`) start from `base()` and override fields; the
+returned ConfigDict is locked, so a misspelt field fails at once with its name.
+"""
+
+import ml_collections
+
+from dgan_jax.errors import InputError
+
+STAGES = ('sample',)
+
+
+def base() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0                # every random draw of the run derives from it
+  config.stages = 'all'          # 'all' or comma-separated names from STAGES
+
+  config.generator = ml_collections.ConfigDict()
+  config.generator.checkpoint = ''      # directory written by `python -m convert_weights`
+  config.generator.how_to_get = ''      # shown when the checkpoint is missing
+  config.generator.avg_latent = ''      # optional .npy average W overriding the checkpoint's
+  config.generator.dtype = 'float32'    # or 'bfloat16' on accelerators
+  config.generator.truncation_psi = 0.7
+  config.generator.truncation_cutoff = 8
+  config.generator.noise = 'const'      # 'const' (stored in the checkpoint) or 'zero'
+  # A random-weight StyleGAN (v1) instead of a checkpoint: tests and smoke runs.
+  config.generator.random_init = ml_collections.ConfigDict()
+  config.generator.random_init.enabled = False
+  config.generator.random_init.resolution = 32
+  config.generator.random_init.fmap_base = 128
+  config.generator.random_init.fmap_max = 32
+  config.generator.random_init.mapping_layers = 8
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = ''
+  config.data.num_classes = 2
+  config.data.class_names = ('background', 'object')
+  config.data.palette = ()              # flat RGB triples; empty: a generated palette
+  config.data.crop_rows = ()            # (start, stop) rows kept, in feature_size pixels
+  config.data.annotation_dir = ''       # annotated images + masks (DatasetGAN layout)
+  config.data.latents = ''              # latents of the annotated images ([N, 512] z)
+  config.data.latent_kind = 'z'         # 'z' or 'w' for the latents file
+  config.data.num_annotated = 16        # annotated images the interpreter trains on
+  # (H, W) the generator image and its feature maps are resized to (bilinear) before
+  # crop_rows; masks live at this size after cropping. Empty: the generator resolution.
+  config.data.feature_size = ()
+  # Evaluation on a test set labelled with other classes (ADE-Car-12): eval_class_map[c]
+  # is the test class of training class c.
+  config.data.eval_class_map = ()
+  config.data.eval_class_names = ()
+
+  config.interpreter = ml_collections.ConfigDict()
+  config.interpreter.num_members = 10   # ensemble size
+  config.interpreter.batch_size = 64    # pixels per member per step
+  config.interpreter.learning_rate = 1e-3
+
+  config.sample = ml_collections.ConfigDict()
+  config.sample.num_samples = 16        # images written for annotation
+  config.sample.batch_size = 4
+  config.sample.grid_columns = 4
+  config.lock()  # experiment files may change these fields, not add new ones
+  return config
+
+
+def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks cross-field consistency and locks the config against new fields."""
+  if len(config.data.class_names) != config.data.num_classes:
+    raise InputError(f'config.data.class_names has {len(config.data.class_names)} names '
+                     f'but config.data.num_classes is {config.data.num_classes}')
+  if config.data.palette and len(config.data.palette) != 3 * config.data.num_classes:
+    raise InputError(f'config.data.palette needs {3 * config.data.num_classes} values '
+                     f'(RGB per class), has {len(config.data.palette)}')
+  if config.data.crop_rows and len(config.data.crop_rows) != 2:
+    raise InputError('config.data.crop_rows must be (start, stop) or empty')
+  if config.generator.noise not in ('const', 'zero'):
+    raise InputError(f"config.generator.noise must be 'const' or 'zero', "
+                     f'got {config.generator.noise!r}')
+  return config
+
+
+def selected_stages(config) -> list[str]:
+  if config.stages == 'all':
+    return list(STAGES)
+  names = [s.strip() for s in config.stages.split(',') if s.strip()]
+  unknown = [s for s in names if s not in STAGES]
+  if unknown:
+    raise InputError(f'config.stages: unknown stage(s) {unknown}; known: {list(STAGES)}')
+  return names

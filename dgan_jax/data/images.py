@@ -1,0 +1,56 @@
+"""Image conversion, colored masks and PNG grids."""
+
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+  """Generator output in [-1, 1] (float, any shape) -> uint8, as DatasetGAN does:
+  x * 127.5 + 128, truncated to an integer, clipped to [0, 255]."""
+  return np.clip(np.floor(np.asarray(images, np.float32) * 127.5 + 128.0), 0, 255).astype(np.uint8)
+
+
+def palette_array(num_classes: int, palette=()) -> np.ndarray:
+  """[num_classes, 3] uint8: the given flat RGB list, or a fixed, well-spread palette
+  (background white) when none is given."""
+  if palette:
+    return np.asarray(palette, np.uint8).reshape(num_classes, 3)
+  colors = [(255, 255, 255)]
+  for i in range(1, num_classes):
+    hue = (i * 0.618033988749895) % 1.0
+    colors.append(tuple(int(255 * c) for c in _hsv_to_rgb(hue, 0.75, 0.9 - 0.3 * (i % 2))))
+  return np.asarray(colors, np.uint8)
+
+
+def _hsv_to_rgb(h, s, v):
+  i = int(h * 6) % 6
+  f = h * 6 - int(h * 6)
+  p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+  return [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
+
+
+def colorize(mask: np.ndarray, palette: np.ndarray) -> np.ndarray:
+  """mask [..., H, W] integer class ids -> [..., H, W, 3] uint8."""
+  return palette[np.asarray(mask)]
+
+
+def grid(images: np.ndarray, columns: int, pad: int = 2, pad_value: int = 0) -> np.ndarray:
+  """images [N, H, W, 3] uint8 -> one [rows*(H+pad)+pad, columns*(W+pad)+pad, 3] image."""
+  n, h, w, c = images.shape
+  columns = max(1, min(columns, n))
+  rows = -(-n // columns)
+  out = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, c), pad_value, np.uint8)
+  for i, image in enumerate(images):
+    r, col = divmod(i, columns)
+    y, x = pad + r * (h + pad), pad + col * (w + pad)
+    out[y:y + h, x:x + w] = image
+  return out
+
+
+def save_png(path: str, image: np.ndarray) -> None:
+  """Writes atomically (temporary name, then rename)."""
+  tmp = f'{path}.tmp.png'
+  Image.fromarray(np.asarray(image, np.uint8)).save(tmp)
+  os.replace(tmp, path)
