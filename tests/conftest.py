@@ -1,0 +1,62 @@
+"""Shared test helpers: golden reference files and their weights."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+DATA_DIR = os.path.join(REPO, 'tests', 'data')
+SHARED_GOLDEN = os.path.join(os.path.dirname(REPO), 'shared', 'golden')
+
+
+def golden_path(name: str) -> str:
+  """tests/data/<name> if shipped, else ../shared/golden/<name>; skips when neither."""
+  for folder in (DATA_DIR, SHARED_GOLDEN):
+    path = os.path.join(folder, name)
+    if os.path.exists(path):
+      return path
+  pytest.skip(f'{name} not available (neither tests/data nor ../shared/golden)')
+
+
+def golden_keys(golden) -> list[tuple[str, tuple[int, ...]]]:
+  out = []
+  for entry in golden['keys']:
+    name, dims = str(entry).rsplit(':', 1)
+    out.append((name, tuple(int(d) for d in dims.split('x'))))
+  return out
+
+
+def rebuild_stylegan1_state_dict(golden, seed: int) -> dict[str, np.ndarray]:
+  """The reference network's weights, drawn as ../shared/golden/README.md prescribes."""
+  rng = np.random.RandomState(seed)
+  state = {}
+  for name, shape in golden_keys(golden):
+    if name.endswith('intermediate.kernel'):
+      continue
+    if name.endswith('noise.weight'):
+      value = rng.normal(0, 0.2, shape)
+    elif name.endswith('bias'):
+      value = rng.normal(0, 0.1, shape)
+    else:
+      value = rng.normal(0, 1, shape)
+    state[name] = value.astype(np.float32)
+  return state
+
+
+def relative_error(actual, expected) -> float:
+  """max |actual - expected| / (max - min of expected)."""
+  actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+  assert actual.shape == expected.shape, (actual.shape, expected.shape)
+  return float(np.abs(actual - expected).max() / (expected.max() - expected.min()))
+
+
+def as_golden_grid(feature_nhwc) -> np.ndarray:
+  """[B, H, W, C] -> NCHW, strided like the golden files for maps wider than 32."""
+  x = np.asarray(feature_nhwc).transpose(0, 3, 1, 2)
+  width = x.shape[-1]
+  return x[:, :, 1::width // 32, 1::width // 32] if width > 32 else x
