@@ -86,7 +86,7 @@ def test_noise_layouts_keys_and_batch_independence():
   with pytest.raises(ValueError, match='noise'):
     g.synthesize(w, noise='const')  # this in-memory generator stores no constant noise
   with pytest.raises(ValueError, match=r'noise\[2\]'):
-    g.synthesize(w, noise=nchw[:2] + [nchw[3]] + nchw[3:])
+    g.synthesize(w, noise=nchw[:2] + [nchw[4]] + nchw[3:])
 
 
 def test_bfloat16_close_to_float32():
