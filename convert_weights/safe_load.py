@@ -68,6 +68,8 @@ _ALLOWED = {
     ('dnnlib.util', 'EasyDict'): EasyDictStub,
     ('collections', 'OrderedDict'): dict,
 }
+# Protocol-2 pickles from Python 3 spell bytes as _codecs.encode(str, 'latin1').
+_SAFE_FUNCTIONS = {('_codecs', 'encode')}
 _NUMPY_MODULES = ('numpy', 'numpy.core.multiarray', 'numpy._core.multiarray',
                   'numpy.core.numeric', 'numpy._core.numeric')
 _NUMPY_NAMES = ('_reconstruct', 'ndarray', 'dtype', 'scalar', '_frombuffer')
@@ -78,7 +80,7 @@ class _DataOnlyUnpickler(pickle.Unpickler):
   def find_class(self, module, name):
     if (module, name) in _ALLOWED:
       return _ALLOWED[(module, name)]
-    if module in _NUMPY_MODULES and name in _NUMPY_NAMES:
+    if (module in _NUMPY_MODULES and name in _NUMPY_NAMES) or (module, name) in _SAFE_FUNCTIONS:
       return super().find_class(module, name)
     raise pickle.UnpicklingError(f'refusing to load class {module}.{name}: '
                                  'a checkpoint may only hold networks and arrays')
@@ -92,7 +94,9 @@ def load_tf_pickle(path: str):
     with open(path, 'rb') as f:
       obj = _DataOnlyUnpickler(f, encoding='latin1').load()
   except pickle.UnpicklingError as e:
-    raise CheckpointError(f'{path}: {e}') from None
+    if str(e).startswith('refusing'):
+      raise CheckpointError(f'{path}: {e}') from None
+    raise CheckpointError(f'{path}: corrupt or truncated pickle ({e})') from None
   except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
     raise CheckpointError(f'{path}: corrupt or truncated pickle ({type(e).__name__}: {e})'
                           ) from None

@@ -149,13 +149,15 @@ def from_torch_state_dict(state_dict: dict[str, np.ndarray], source: str = 'stat
   resolution = max(blocks)
   channels = {}
   for res in blocks:
-    const = state_dict.get(f'g_synthesis.blocks.{res}x{res}.const')
-    conv = state_dict.get(f'g_synthesis.blocks.{res}x{res}.' + ('conv.weight' if res == 4
-                                                              else 'conv1.weight'))
-    ref = const if const is not None and res == 4 else conv
-    if ref is None:
-      raise CheckpointError(f'{source}: block {res}x{res} has no conv weight')
-    channels[res] = int(ref.shape[1] if res == 4 and const is not None else ref.shape[0])
+    prefix = f'g_synthesis.blocks.{res}x{res}.'
+    for name, axis in (('epi2.top_epi.noise.weight', 0), ('epi1.top_epi.noise.weight', 0),
+                       ('conv1.weight', 0), ('conv.weight', 0), ('conv0_up.weight', 0),
+                       ('const', 1)):
+      if prefix + name in state_dict:
+        channels[res] = int(state_dict[prefix + name].shape[axis])
+        break
+    else:
+      raise CheckpointError(f'{source}: block {res}x{res} has none of its weights')
   dense = sorted(int(m.group(1)) for k in state_dict
                  if (m := re.match(r'g_mapping\.dense(\d+)\.weight$', k)))
   arch = infer_arch(resolution, channels,
