@@ -57,7 +57,7 @@ def from_config(generator_config, seed: int):
     g = stylegan1.StyleGAN1Generator(arch, params, const_noise=stylegan1.draw_const_noise(arch, seed),
                                      dtype=dtype)
     z = np.random.RandomState(seed).standard_normal((1024, arch.latent_size))
-    g.avg_latent = jnp.mean(g.map(z), axis=0)
+    g.avg_latent = jnp.mean(g.map(z)[:, 0], axis=0)
   else:
     path = generator_config.checkpoint
     if not path or not os.path.exists(path):

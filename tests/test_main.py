@@ -1,0 +1,87 @@
+"""The CLI: `python -m dgan_jax.main` with the sample stage, configs and input errors."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO
+from dgan_jax import config as config_lib
+from dgan_jax import generators
+from dgan_jax import stages
+from dgan_jax.errors import InputError
+
+
+def run_main(*args):
+  return subprocess.run([sys.executable, '-m', 'dgan_jax.main', *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+
+
+def load_config(name):
+  import importlib  # pylint: disable=import-outside-toplevel
+  return importlib.import_module(f'configs.{name}').get_config()
+
+
+def test_sample_stage_writes_annotation_inputs(tmp_path):
+  workdir = tmp_path / 'work'
+  result = run_main('--config=configs/test.py', f'--workdir={workdir}', '--stages=sample')
+  assert result.returncode == 0, result.stderr
+  out = workdir / 'annotate'
+  latents = np.load(out / 'latents.npy')
+  assert latents.shape == (4, 512)
+  assert np.load(out / 'avg_latent.npy').shape == (512,)
+  grid = np.asarray(Image.open(out / 'samples.png'))
+  assert grid.shape == (2 + 34, 2 + 4 * 34, 3)
+  assert not any(name.endswith('.partial') for name in os.listdir(workdir))
+  # Images regenerated from the saved latents are the saved images, pixel for pixel.
+  config = load_config('test')
+  g = generators.from_config(config.generator, config.seed)
+  regenerated = stages.generate_images(g, config, latents)
+  for i in range(4):
+    saved = np.asarray(Image.open(out / f'image_{i}.png'))
+    assert saved.shape == (32, 32, 3)
+    assert np.abs(saved.astype(int) - regenerated[i]).max() <= 1
+  # Rerun: the finished stage is skipped, nothing is rewritten.
+  mtime = os.path.getmtime(out / 'latents.npy')
+  assert run_main('--config=configs/test.py', f'--workdir={workdir}').returncode == 0
+  assert os.path.getmtime(out / 'latents.npy') == mtime
+
+
+def test_missing_checkpoint_says_how_to_get_it(tmp_path):
+  result = run_main('--config=configs/car20.py', f'--workdir={tmp_path}')
+  assert result.returncode != 0
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: config.generator.checkpoint: checkpoints/stylegan1_car512')
+  assert 'python -m convert_weights stylegan1' in last
+  assert 'Traceback' not in result.stderr
+
+
+def test_unknown_config_field_is_named(tmp_path):
+  result = run_main('--config=configs/test.py', f'--workdir={tmp_path}',
+                    '--config.data.num_clases=3')
+  assert result.returncode != 0
+  assert 'num_clases' in result.stderr
+  config = config_lib.base()
+  with pytest.raises(AttributeError, match='num_classes'):
+    config.data.num_clases = 3
+  with pytest.raises(InputError, match='stages'):
+    config.stages = 'sample,bogus'
+    config_lib.selected_stages(config)
+
+
+@pytest.mark.parametrize('name', ['car20', 'car12', 'face34', 'cat16', 'bedroom28'])
+def test_experiment_configs_carry_the_original_numbers(name):
+  config = load_config(name)
+  expected = {'car20': (20, 16), 'car12': (20, 16), 'face34': (34, 16), 'cat16': (16, 30),
+              'bedroom28': (28, 40)}[name]
+  assert (config.data.num_classes, config.data.num_annotated) == expected
+  assert config.interpreter.num_members == 10
+  assert (config.generator.truncation_psi, config.generator.truncation_cutoff) == (0.7, 8)
+  assert len(config.data.class_names) == config.data.num_classes
+  if name.startswith('car'):
+    assert tuple(config.data.crop_rows) == (64, 448)
+  if name == 'car12':
+    assert len(config.data.eval_class_map) == 20 and max(config.data.eval_class_map) == 11
