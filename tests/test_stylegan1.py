@@ -98,3 +98,18 @@ def test_bfloat16_close_to_float32():
   assert features16[0].dtype == jnp.bfloat16
   assert image16.dtype == jnp.float32
   assert relative_error(image16, image32) < 0.05
+
+
+@pytest.mark.parametrize('resolution', [4, 1024])
+def test_resolution_range_shapes(resolution):
+  arch = stylegan1.StyleGAN1Arch(resolution=resolution, fmap_base=1024, fmap_max=8,
+                                 mapping_layers=2)
+  g = stylegan1.StyleGAN1Generator(arch, stylegan1.init_params(arch, jax.random.key(0)),
+                                   const_noise=stylegan1.draw_const_noise(arch, 0))
+  image, features = g.synthesize(g.map(np.ones((1, 512), np.float32)))
+  assert image.shape == (1, resolution, resolution, 3)
+  assert [f.shape[1] for f in features] == [r for r in arch.resolutions for _ in (0, 1)]
+  assert [f.shape[-1] for f in features] == arch.feature_channels
+  assert np.isfinite(np.asarray(image)).all()
+  with pytest.raises(ValueError, match='power of two'):
+    stylegan1.StyleGAN1Arch(resolution=96)
