@@ -3,6 +3,12 @@
 SRC: DatasetGAN's `*.for_g_all.pt` (PyTorch state dict) or NVIDIA's TF pickle
 (`karras2019stylegan-*.pkl`, read without TensorFlow). DST: a directory that
 `dgan_jax.generators.load(DST)` opens.
+
+python -m convert_weights biggan SRC DST [--config config.json] [--bn-eps E] [--sn-eps E]
+
+SRC: BigGAN-PyTorch's generator state dict (BigDatasetGAN's `biggan-512.pth`), or a
+pytorch-pretrained-biggan BigGAN-deep `pytorch_model.bin` (or its directory, with
+`config.json`). The layout is detected from the keys; spectral norm is folded.
 """
 
 import argparse
@@ -22,11 +28,26 @@ def main(argv=None) -> int:
                    "(DatasetGAN's avg_latent_stylegan1.npy); TF pickles carry their own")
   sg1.add_argument('--noise-seed', type=int, default=0,
                    help='seed of the constant noise stored when SRC has none (default 0)')
+  big = formats.add_parser('biggan', help='BigGAN: BigGAN-PyTorch .pth or '
+                           'pytorch-pretrained-biggan BigGAN-deep .bin')
+  big.add_argument('src')
+  big.add_argument('dst')
+  big.add_argument('--config', help="BigGAN-deep only: the package's config.json (default: "
+                   'config.json in a directory SRC; else inferred, blocks 1, 3, ... upsample)')
+  big.add_argument('--bn-eps', type=float, default=None,
+                   help='batch-norm epsilon (default 1e-4, or the config.json value)')
+  big.add_argument('--sn-eps', type=float, default=1e-4,
+                   help='BigGAN-PyTorch SN_eps of the folded power iteration (default 1e-4)')
   args = parser.parse_args(argv)
   try:
     if args.format == 'stylegan1':
       from convert_weights import stylegan1  # pylint: disable=import-outside-toplevel
       info = stylegan1.convert(args.src, args.dst, args.avg_latent, args.noise_seed)
+    elif args.format == 'biggan':
+      from convert_weights import biggan  # pylint: disable=import-outside-toplevel
+      info = biggan.convert(args.src, args.dst, args.config, args.bn_eps, args.sn_eps)
+      print(f'wrote {args.dst} ({info["source_format"]}; {info["summary"]})')
+      return 0
   except CheckpointError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dgan_jax.errors import InputError
+from dgan_jax.generators import biggan
+from dgan_jax.generators import biggan_deep
 from dgan_jax.generators import checkpoint
 from dgan_jax.generators import stylegan1
 
@@ -28,7 +30,24 @@ def build_stylegan1(arch_json: dict, arrays: dict, source: str, dtype):
                                       const_noise=const_noise, dtype=dtype)
 
 
-BUILDERS = {'stylegan1': build_stylegan1}
+def _build_class_conditional(arch_cls, module, generator_cls):
+  def build(arch_json: dict, arrays: dict, source: str, dtype):
+    fields = {k: v for k, v in arch_json.items() if k != 'type'}
+    try:
+      arch = arch_cls(**fields)
+    except (TypeError, ValueError) as e:
+      raise checkpoint.CheckpointError(f'{source}: bad architecture record ({e})') from None
+    checkpoint.check_names_and_shapes(arrays, module.param_shapes(arch), source)
+    return generator_cls(arch, checkpoint.unflatten(arrays), dtype=dtype)
+  return build
+
+
+BUILDERS = {
+    'stylegan1': build_stylegan1,
+    'biggan': _build_class_conditional(biggan.BigGANArch, biggan, biggan.BigGANGenerator),
+    'biggan_deep': _build_class_conditional(biggan_deep.BigGANDeepArch, biggan_deep,
+                                            biggan_deep.BigGANDeepGenerator),
+}
 
 
 def load(path: str, dtype=jnp.float32):
