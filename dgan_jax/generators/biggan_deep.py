@@ -61,6 +61,9 @@ class BigGANDeepArch:
       if self.ch * a < self.reduction_factor:
         raise ValueError(f'block {i}: {self.ch * a} channels, fewer than the '
                          f'reduction factor {self.reduction_factor}')
+    if layers[0][1] != 16 or layers[-1][2] != 1:
+      raise ValueError('the first block must take 16 * ch channels (the linear layer gives '
+                       f'4x4x16ch) and the last give 1 * ch (the output layer), got {layers}')
     for i in range(1, len(layers)):
       if layers[i][1] != layers[i - 1][2]:
         raise ValueError(f'block {i} takes {layers[i][1]} * ch channels, block {i - 1} '
