@@ -16,9 +16,15 @@ def get_config(arg=None):
   config.data.name = 'test'
   config.data.num_classes = 3
   config.data.class_names = ('background', 'part_a', 'part_b')
+  config.data.crop_rows = (4, 28)
   config.data.num_annotated = 4
   config.interpreter.num_members = 3
   config.sample.num_samples = 4
   config.sample.batch_size = 2
   config.sample.grid_columns = 4
+  config.generate.num_samples = 20
+  config.generate.batch_size = 4
+  config.generate.samples_per_shard = 8
+  config.generate.chunk_rows = 8
+  config.generate.preview_count = 8
   return config_lib.finalize(config)

@@ -8,7 +8,7 @@ import ml_collections
 
 from dgan_jax.errors import InputError
 
-STAGES = ('sample',)
+STAGES = ('sample', 'generate')
 
 
 def base() -> ml_collections.ConfigDict:
@@ -23,7 +23,10 @@ def base() -> ml_collections.ConfigDict:
   config.generator.dtype = 'float32'    # or 'bfloat16' on accelerators
   config.generator.truncation_psi = 0.7
   config.generator.truncation_cutoff = 8
-  config.generator.noise = 'const'      # 'const' (stored in the checkpoint) or 'zero'
+  # 'const' (stored in the checkpoint), 'zero', or 'per_sample': drawn from (seed, sample
+  # index), so sample i is the same whatever the batching (regenerating an annotated
+  # image from its latent alone then needs 'const' or 'zero').
+  config.generator.noise = 'const'
   # A random-weight StyleGAN (v1) instead of a checkpoint: tests and smoke runs.
   config.generator.random_init = ml_collections.ConfigDict()
   config.generator.random_init.enabled = False
@@ -59,6 +62,25 @@ def base() -> ml_collections.ConfigDict:
   config.sample.num_samples = 16        # images written for annotation
   config.sample.batch_size = 4
   config.sample.grid_columns = 4
+  config.generate = ml_collections.ConfigDict()
+  config.generate.num_samples = 10000   # synthetic samples before filtering
+  config.generate.batch_size = 8        # per process; padded to a multiple of its devices
+  config.generate.samples_per_shard = 256
+  config.generate.drop_fraction = 0.1   # the most uncertain fraction is dropped
+  config.generate.top_fraction = 0.1    # image score: mean of its top pixel JS values
+  config.generate.chunk_rows = 32       # output rows labelled at once (bounds memory)
+  config.generate.preview_count = 16
+  config.generate.keep_raw = True       # keep raw shards (resume, extend num_samples)
+  config.generate.dataset_name = 'datasetgan'
+
+  # Several hosts: jax.distributed.initialize(coordinator_address, num_processes,
+  # process_id) when num_processes > 1 (or the environment of a TPU/SLURM job asks).
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.coordinator_address = ''
+  config.distributed.num_processes = 1
+  config.distributed.process_id = 0
+  config.distributed.auto = False       # jax.distributed.initialize() from the environment
+
   config.lock()  # experiment files may change these fields, not add new ones
   return config
 
@@ -73,9 +95,13 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                      f'(RGB per class), has {len(config.data.palette)}')
   if config.data.crop_rows and len(config.data.crop_rows) != 2:
     raise InputError('config.data.crop_rows must be (start, stop) or empty')
-  if config.generator.noise not in ('const', 'zero'):
-    raise InputError(f"config.generator.noise must be 'const' or 'zero', "
+  if config.generator.noise not in ('const', 'zero', 'per_sample'):
+    raise InputError(f"config.generator.noise must be 'const', 'zero' or 'per_sample', "
                      f'got {config.generator.noise!r}')
+  if not 0 <= config.generate.drop_fraction < 1:
+    raise InputError('config.generate.drop_fraction must be in [0, 1)')
+  if not 0 < config.generate.top_fraction <= 1:
+    raise InputError('config.generate.top_fraction must be in (0, 1]')
   return config
 
 

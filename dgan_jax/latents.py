@@ -2,7 +2,6 @@
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 LATENT_STREAM = 0
 NOISE_STREAM = 1
@@ -14,6 +13,6 @@ def sample_key(seed: int, stream: int, index) -> jax.Array:
 
 def sample_z(seed: int, indices, latent_size: int = 512) -> jax.Array:
   """indices [B] (global sample ids) -> z [B, latent_size] ~ N(0, 1)."""
-  indices = jnp.asarray(np.asarray(indices), jnp.uint32)
+  indices = jnp.asarray(indices).astype(jnp.uint32)
   keys = jax.vmap(lambda i: sample_key(seed, LATENT_STREAM, i))(indices)
   return jax.vmap(lambda k: jax.random.normal(k, (latent_size,)))(keys)

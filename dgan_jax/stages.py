@@ -12,8 +12,13 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
+from dgan_jax import factory as factory_lib
+from dgan_jax import features as features_lib
+from dgan_jax import generate as generate_lib
 from dgan_jax import generators
+from dgan_jax import interpreter
 from dgan_jax import latents
+from dgan_jax import parallel
 from dgan_jax.data import images as image_utils
 
 
@@ -84,4 +89,32 @@ def sample(config, workdir: str) -> None:
   logging.info('sample: wrote %d images to %s', n, out)
 
 
-STAGE_FUNCTIONS = {'sample': sample}
+def feature_layout(g, data_config) -> features_lib.FeatureLayout:
+  """Where the generator's feature maps land: resized to feature_size, rows cropped."""
+  return features_lib.FeatureLayout.create(
+      [(r, r) for r in g.arch.resolutions for _ in range(2)], g.feature_channels,
+      data_config.feature_size, data_config.crop_rows)
+
+
+def generate(config, workdir: str) -> None:
+  """Labels config.generate.num_samples new samples with the trained interpreter and keeps
+  the most certain as a TFDS dataset in workdir/dataset/ (see dgan_jax/generate.py)."""
+  record_path = os.path.join(workdir, 'dataset', 'generation.json')
+  if os.path.exists(record_path):
+    with open(record_path) as f:
+      if json.load(f)['num_samples'] == config.generate.num_samples:
+        logging.info('generate: %s is complete, skipping', record_path)
+        return
+  process_index, process_count = parallel.initialize(config.distributed)
+  g = generators.from_config(config.generator, config.seed)
+  interpreter_dir = os.path.join(workdir, 'interpreter')
+  _, params, batch_stats, _ = interpreter.load(interpreter_dir)
+  step = factory_lib.Factory(
+      g, params, batch_stats, feature_layout(g, config.data), seed=config.seed,
+      truncation_psi=config.generator.truncation_psi,
+      truncation_cutoff=config.generator.truncation_cutoff, noise=config.generator.noise,
+      top_fraction=config.generate.top_fraction, chunk_rows=config.generate.chunk_rows)
+  generate_lib.run(config, step, workdir, process_index, process_count)
+
+
+STAGE_FUNCTIONS = {'sample': sample, 'generate': generate}

@@ -1,0 +1,197 @@
+"""The labeled-data factory: sample indices -> images, label maps and uncertainty scores
+in one compiled step.
+
+Per sample i: z_i from fold_in(seed, i) -> mapping + truncation -> synthesis (feature
+maps) -> every ensemble member's logits for every pixel -> majority vote (ties: smallest
+class id) and the per-pixel Jensen-Shannon divergence of the members' probabilities ->
+the image's score, the mean of its top `top_fraction` pixel values.
+
+The D-long per-pixel feature vector (5056 values for the car model, 4 GB per 384x512
+image in float32) is never built. Member m's first layer is linear and so is bilinear
+resizing, so for every map l
+
+    resize(F_l) @ W1[m, rows of l] == resize(F_l @ W1[m, rows of l])
+
+and the factory projects each map at its native resolution, resizes the [h_l, w_l, M*H1]
+projections and sums them. Output rows are processed in chunks of `chunk_rows`: a chunk
+reads only the native rows its bilinear taps touch, so memory is bounded by the chunk,
+not the image.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
+
+from dgan_jax import features as features_lib
+from dgan_jax import interpreter
+from dgan_jax import latents
+from dgan_jax import uncertainty
+from dgan_jax.generators import stylegan1
+
+
+@dataclasses.dataclass(frozen=True)
+class MapChunks:
+  """Static slicing plan of one feature map for output-row chunks."""
+  starts: np.ndarray      # int32 [num_chunks]: first kept native row each chunk reads
+  span: int               # native rows each chunk reads
+  row0: np.ndarray        # int32 [num_chunks, chunk_rows]: taps relative to `starts`
+  row1: np.ndarray
+  row_weight: np.ndarray  # float32 [num_chunks, chunk_rows]
+  col0: np.ndarray        # int32 [W]
+  col1: np.ndarray
+  col_weight: np.ndarray  # float32 [W]
+
+
+def plan_chunks(layout: features_lib.FeatureLayout, chunk_rows: int) -> list[MapChunks]:
+  """Per map, which native rows each chunk of `chunk_rows` output rows needs."""
+  height = layout.output_shape[0]
+  num_chunks = -(-height // chunk_rows)
+  padded = num_chunks * chunk_rows
+  plans = []
+  for (rows, cols), (kept, _, _) in zip(layout.tables(), layout.kept_shapes):
+    # Rows past the last output row repeat its taps; their results are discarded.
+    pad = lambda a: np.concatenate([a, np.repeat(a[-1:], padded - height)])
+    r0, r1, rw = (pad(a).reshape(num_chunks, chunk_rows)
+                  for a in (rows.index0, rows.index1, rows.weight1))
+    span = int((r1.max(axis=1) - r0.min(axis=1)).max()) + 1
+    starts = np.minimum(r0.min(axis=1), kept - span).clip(0)
+    span = min(span, kept)
+    plans.append(MapChunks(starts.astype(np.int32), span,
+                           (r0 - starts[:, None]).astype(np.int32),
+                           (r1 - starts[:, None]).astype(np.int32), rw.astype(np.float32),
+                           cols.index0, cols.index1, cols.weight1))
+  return plans
+
+
+def _resize_rows_chunk(projection, table: dict, chunk):
+  """projection [span, w, K] (the chunk's native rows) -> [chunk_rows, W, K].
+  table: a MapChunks as a dict of arrays."""
+  wy = table['row_weight'][chunk][:, None, None]
+  x = ((1 - wy) * jnp.take(projection, table['row0'][chunk], axis=0)
+       + wy * jnp.take(projection, table['row1'][chunk], axis=0))
+  wx = table['col_weight'][None, :, None]
+  return (1 - wx) * jnp.take(x, table['col0'], axis=1) + wx * jnp.take(x, table['col1'], axis=1)
+
+
+def label_image(feature_maps, params, batch_stats, layout: features_lib.FeatureLayout,
+                plans: list[MapChunks], top_fraction: float):
+  """One image. feature_maps: list of [kept_l, w_l, C_l] (`features.keep_rows`).
+
+  Returns (label [H', W] int32, pixel_uncertainty [H', W] float32, score float32).
+  """
+  w1 = params['linear0']['weight']                       # [M, D, H1]
+  num_members, _, hidden = w1.shape
+  offsets = layout.channel_offsets
+  height, width = layout.output_shape
+  chunk_rows = plans[0].row0.shape[1]
+  as_tables = [jax.tree.map(jnp.asarray, dataclasses.asdict(p)) for p in plans]
+
+  def one_chunk(chunk):
+    first = jnp.broadcast_to(params['linear0']['bias'].reshape(1, 1, -1),
+                             (chunk_rows, width, num_members * hidden))
+    for fmap, plan, table, offset, channels in zip(
+        feature_maps, plans, as_tables, offsets, layout.channels):
+      rows = jax.lax.dynamic_slice_in_dim(fmap, table['starts'][chunk], plan.span, axis=0)
+      weight = w1[:, offset:offset + channels].transpose(1, 0, 2).reshape(channels, -1)
+      projection = jnp.einsum('hwc,ck->hwk', rows, weight.astype(rows.dtype),
+                              preferred_element_type=jnp.float32)
+      first = first + _resize_rows_chunk(projection, table, chunk)
+    first = first.reshape(chunk_rows * width, num_members, hidden).transpose(1, 0, 2)
+    member_logits = interpreter.head(params, batch_stats, first)      # [M, P, C]
+    member_labels = jnp.argmax(member_logits, axis=-1)
+    label = uncertainty.majority_vote(member_labels, member_logits.shape[-1])
+    pixel_js = uncertainty.js_divergence(jax.nn.softmax(member_logits, axis=-1))
+    return label.reshape(chunk_rows, width), pixel_js.reshape(chunk_rows, width)
+
+  num_chunks = plans[0].row0.shape[0]
+  labels, pixel_js = jax.lax.map(one_chunk, jnp.arange(num_chunks))
+  label = labels.reshape(-1, width)[:height]
+  pixel_js = pixel_js.reshape(-1, width)[:height]
+  score = uncertainty.image_scores(pixel_js[None], top_fraction)[0]
+  return label.astype(jnp.int32), pixel_js, score
+
+
+@dataclasses.dataclass
+class Factory:
+  """A compiled `step(indices [B]) -> dict` for one generator + interpreter.
+
+  Outputs: image uint8 [B, H', W, 3], label int32 [B, H', W], uncertainty float32 [B]
+  (the image score), z float32 [B, 512]. B must be a multiple of the device count;
+  the batch is sharded over the local devices.
+  """
+  generator: stylegan1.StyleGAN1Generator
+  interpreter_params: dict
+  batch_stats: dict
+  layout: features_lib.FeatureLayout
+  seed: int
+  truncation_psi: float = 0.7
+  truncation_cutoff: int = 8
+  noise: str = 'const'           # 'const', 'zero' or 'per_sample' (keys from seed, index)
+  top_fraction: float = 0.1
+  chunk_rows: int = 32
+  devices: tuple = ()
+
+  def __post_init__(self):
+    g = self.generator
+    if self.layout.dim != sum(g.feature_channels):
+      raise ValueError(f'interpreter expects {self.layout.dim} feature values per pixel, '
+                       f'the generator gives {sum(g.feature_channels)}')
+    self.devices = tuple(self.devices) or tuple(jax.local_devices())
+    self.mesh = Mesh(np.asarray(self.devices), ('data',))
+    self.plans = plan_chunks(self.layout, min(self.chunk_rows, self.layout.output_shape[0]))
+    res = g.resolution
+    self.image_layout = features_lib.FeatureLayout.create(
+        [(res, res)], [3], self.layout.feature_size, self.layout.crop_rows)
+    self._noise = None if self.noise == 'per_sample' else g.noise(self.noise, 1)
+    self._step = self._build()
+
+  def _per_device(self, gen_params, avg_latent, const_noise, params, batch_stats, indices):
+    g = self.generator
+    arch = g.arch
+    z = latents.sample_z(self.seed, indices, arch.latent_size)
+    w = stylegan1.truncate(stylegan1.mapping(gen_params, arch, z), avg_latent,
+                           self.truncation_psi, self.truncation_cutoff)
+    if self.noise == 'per_sample':
+      keys = jax.vmap(lambda i: latents.sample_key(self.seed, latents.NOISE_STREAM, i))(indices)
+      noise = stylegan1.noise_from_keys(arch, keys, g.dtype)
+    else:
+      noise = const_noise
+    image, feature_maps = stylegan1.synthesis(gen_params, arch, w.astype(g.dtype), noise)
+    feature_maps = features_lib.keep_rows(feature_maps, self.layout)
+    image = features_lib.upsample(
+        features_lib.keep_rows([image.astype(jnp.float32)], self.image_layout)[0],
+        self.image_layout.tables()[0])
+    image = jnp.clip(jnp.floor(image * 127.5 + 128.0), 0, 255).astype(jnp.uint8)
+    label, _, score = jax.lax.map(
+        lambda maps: label_image(maps, params, batch_stats, self.layout, self.plans,
+                                 self.top_fraction), feature_maps)
+    return {'image': image, 'label': label, 'uncertainty': score, 'z': z}
+
+  def _build(self):
+    replicated = P()
+    fn = jax.shard_map(self._per_device, mesh=self.mesh,
+                       in_specs=(replicated,) * 5 + (P('data'),), out_specs=P('data'),
+                       check_vma=False)
+    return jax.jit(fn)
+
+  @property
+  def num_devices(self) -> int:
+    return len(self.devices)
+
+  def __call__(self, indices) -> dict:
+    """indices [B] global sample ids -> numpy outputs (see the class docstring)."""
+    indices = np.asarray(indices, np.int64)
+    n = len(indices)
+    padded = -(-n // self.num_devices) * self.num_devices
+    padded_indices = np.concatenate([indices, np.repeat(indices[-1:], padded - n)])
+    g = self.generator
+    avg = g.avg_latent
+    if avg is None:
+      raise ValueError('the generator has no average W for truncation')
+    out = self._step(g.params, avg, self._noise, self.interpreter_params, self.batch_stats,
+                     jnp.asarray(padded_indices, jnp.uint32))
+    return {k: np.asarray(v)[:n] for k, v in out.items()}

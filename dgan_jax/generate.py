@@ -1,0 +1,243 @@
+"""The `generate` stage: run the factory over sample indices, write shards, keep the most
+certain samples as a TFDS dataset.
+
+Sample indices 0..N-1 are cut into shards of `samples_per_shard`; shard k belongs to
+process k % process_count. A finished shard is `raw/shard-{k}-n{count}.array_record`
+plus its `.scores.npy` ([count, 2]: index, score), both renamed into place when complete,
+so an interrupted run resumes at the first missing shard and a larger `num_samples`
+only generates the new indices. When every process has finished, process 0 ranks all
+scores, keeps the N - floor(N * drop_fraction) least uncertain samples (ties: smaller
+index first) and assembles the dataset by copying serialized records:
+
+  workdir/dataset/   {name}-train.array_record-*   the kept samples, by index
+                     {name}-dropped.array_record-* the dropped ones
+                     dataset_info.json, features.json (TFDS metadata)
+                     generation.json  every sample's score, the threshold, the config
+                     preview.png      samples and their labels, kept (green) / dropped (red)
+  workdir/generate/  raw/ (the shards), summary.json (timing)
+"""
+
+import glob
+import json
+import os
+import re
+import shutil
+import time
+
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import logging
+from tqdm import tqdm
+
+from dgan_jax.data import images as image_utils
+from dgan_jax.data import tfds_writer
+
+_SHARD = re.compile(r'shard-(\d+)-n(\d+)\.scores\.npy$')
+
+
+def shard_ranges(num_samples: int, samples_per_shard: int) -> list[tuple[int, int]]:
+  return [(start, min(start + samples_per_shard, num_samples))
+          for start in range(0, num_samples, samples_per_shard)]
+
+
+def _shard_base(raw_dir: str, shard: int, count: int) -> str:
+  return os.path.join(raw_dir, f'shard-{shard:05d}-n{count}')
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+  tmp = path + '.partial.npy'
+  np.save(tmp, array)
+  os.replace(tmp, path)
+
+
+def _write_json(path: str, obj) -> None:
+  tmp = path + '.partial'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)
+
+
+def generate_shards(factory, features, raw_dir: str, num_samples: int, samples_per_shard: int,
+                    batch_size: int, process_index: int = 0, process_count: int = 1) -> dict:
+  """Generates this process's missing shards. Returns timing figures."""
+  os.makedirs(raw_dir, exist_ok=True)
+  label_dtype = features['label'].np_dtype
+  ranges = shard_ranges(num_samples, samples_per_shard)
+  mine = [k for k in range(len(ranges)) if k % process_count == process_index]
+  pending = [k for k in mine
+             if not os.path.exists(_shard_base(raw_dir, k, ranges[k][1] - ranges[k][0])
+                                   + '.scores.npy')]
+  total = sum(ranges[k][1] - ranges[k][0] for k in pending)
+  start_time = time.time()
+  generated = 0
+  with tqdm(total=total, desc=f'generate (process {process_index})', unit='img') as bar:
+    for k in pending:
+      begin, end = ranges[k]
+      base = _shard_base(raw_dir, k, end - begin)
+      scores = []
+      with tfds_writer.RecordWriter(base + '.array_record', features) as writer:
+        for batch_start in range(begin, end, batch_size):
+          indices = np.arange(batch_start, min(batch_start + batch_size, end))
+          out = factory(indices)
+          for j, index in enumerate(indices):
+            writer.write({'image': out['image'][j],
+                          'label': out['label'][j].astype(label_dtype),
+                          'latent': out['z'][j], 'uncertainty': out['uncertainty'][j],
+                          'index': np.int64(index)})
+            scores.append((index, out['uncertainty'][j]))
+          generated += len(indices)
+          bar.update(len(indices))
+      _save_npy(base + '.scores.npy', np.asarray(scores, np.float64))
+  seconds = time.time() - start_time
+  return {'generated': generated, 'seconds': round(seconds, 3),
+          'images_per_second': round(generated / seconds, 3) if generated else None,
+          'shards': len(pending)}
+
+
+def read_scores(raw_dir: str, num_samples: int, samples_per_shard: int):
+  """-> (shard files in index order, indices [N] int64, scores [N] float64)."""
+  shards, indices, scores = [], [], []
+  for k, (begin, end) in enumerate(shard_ranges(num_samples, samples_per_shard)):
+    base = _shard_base(raw_dir, k, end - begin)
+    if not os.path.exists(base + '.scores.npy'):
+      raise FileNotFoundError(f'{base}.scores.npy: shard missing (a process has not finished)')
+    table = np.load(base + '.scores.npy')
+    shards.append(base + '.array_record')
+    indices.append(table[:, 0].astype(np.int64))
+    scores.append(table[:, 1])
+  return shards, np.concatenate(indices), np.concatenate(scores)
+
+
+def select(indices: np.ndarray, scores: np.ndarray, drop_fraction: float):
+  """-> (kept mask [N] bool, threshold): keep the N - floor(N * drop_fraction) lowest
+  scores; ties go to the smaller index."""
+  order = np.lexsort((indices, scores))
+  num_keep = len(scores) - int(len(scores) * drop_fraction)
+  kept = np.zeros(len(scores), bool)
+  kept[order[:num_keep]] = True
+  threshold = float(scores[order[num_keep - 1]]) if num_keep else float('-inf')
+  return kept, threshold
+
+
+def _preview(features, shards, kept_mask, scores, palette, count: int) -> np.ndarray:
+  """Grid of (image | colored label) pairs: the first samples and the most uncertain
+  ones, framed green when kept and red when dropped."""
+  most_uncertain = np.argsort(-scores)[:max(1, count // 4)]
+  wanted = set(range(min(count - len(most_uncertain), len(scores)))) | set(
+      most_uncertain.tolist())
+  tiles = []
+  position = 0
+  for shard in shards:
+    for record in tfds_writer.read_records(shard):
+      if position in wanted:
+        example = features.deserialize_example_np(record)
+        pair = np.concatenate([example['image'],
+                               image_utils.colorize(example['label'], palette)], axis=1)
+        color = (40, 180, 40) if kept_mask[position] else (220, 30, 30)
+        tiles.append(np.pad(pair, ((3, 3), (3, 3), (0, 0)), mode='constant',
+                            constant_values=0))
+        frame = np.ones(tiles[-1].shape[:2], bool)
+        frame[3:-3, 3:-3] = False
+        tiles[-1][frame] = color
+      position += 1
+  return image_utils.grid(np.stack(tiles), columns=4)
+
+
+def finalize(config, features, raw_dir: str, out_dir: str, timing: dict) -> dict:
+  """Ranks every score and writes the dataset directory (atomically)."""
+  gen = config.generate
+  shards, indices, scores = read_scores(raw_dir, gen.num_samples, gen.samples_per_shard)
+  kept_mask, threshold = select(indices, scores, gen.drop_fraction)
+  name = gen.dataset_name
+  tmp = out_dir + '.partial'
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  counts = {'train': int(kept_mask.sum()), 'dropped': int((~kept_mask).sum())}
+  lengths = {split: [] for split in counts}
+  writers = {}
+  shard_counter = {split: 0 for split in counts}
+  per_shard = gen.samples_per_shard
+
+  def writer_for(split):
+    current = writers.get(split)
+    if current is None or current.count == per_shard:
+      if current is not None:
+        current.close()
+        lengths[split].append(current.count)
+      num_shards = -(-counts[split] // per_shard)
+      path = tfds_writer.shard_path(tmp, name, split, shard_counter[split], num_shards)
+      shard_counter[split] += 1
+      writers[split] = current = tfds_writer.RecordWriter(path)
+    return current
+
+  position = 0
+  for shard in tqdm(shards, desc='assemble dataset', unit='shard'):
+    for record in tfds_writer.read_records(shard):
+      writer_for('train' if kept_mask[position] else 'dropped').write_serialized(record)
+      position += 1
+  for split, writer in writers.items():
+    writer.close()
+    lengths[split].append(writer.count)
+  lengths = {split: lens for split, lens in lengths.items() if counts[split]}
+  tfds_writer.write_metadata(
+      tmp, name, features, lengths,
+      description=f'DatasetGAN synthetic dataset ({config.data.name}): {counts["train"]} '
+                  f'kept of {len(scores)} samples, uncertainty <= {threshold:.6g}')
+  palette = image_utils.palette_array(config.data.num_classes, config.data.palette)
+  image_utils.save_png(os.path.join(tmp, 'preview.png'),
+                       _preview(features, shards, kept_mask, scores, palette,
+                                gen.preview_count))
+  record = {'num_samples': int(len(scores)), 'num_kept': counts['train'],
+            'drop_fraction': gen.drop_fraction, 'top_fraction': gen.top_fraction,
+            'threshold': threshold, 'seed': config.seed,
+            'samples': [{'index': int(i), 'uncertainty': float(s), 'kept': bool(k)}
+                        for i, s, k in zip(indices, scores, kept_mask)],
+            'timing': timing, 'config': json.loads(config.to_json())}
+  _write_json(os.path.join(tmp, 'generation.json'), record)
+  if os.path.exists(out_dir):
+    shutil.rmtree(out_dir)
+  os.rename(tmp, out_dir)
+  return record
+
+
+def wait_for_processes(raw_dir: str, process_count: int, timeout: float = 24 * 3600) -> None:
+  """Process 0 waits until every process has left its done marker."""
+  deadline = time.time() + timeout
+  while True:
+    done = glob.glob(os.path.join(raw_dir, f'process-*-of-{process_count}.done'))
+    if len(done) >= process_count:
+      return
+    if time.time() > deadline:
+      raise TimeoutError(f'{raw_dir}: only {len(done)} of {process_count} processes finished')
+    time.sleep(1.0)
+
+
+def run(config, factory, workdir: str, process_index: int = 0, process_count: int = 1) -> None:
+  """The whole stage for one process (see the module docstring)."""
+  gen = config.generate
+  out_dir = os.path.join(workdir, 'dataset')
+  stage_dir = os.path.join(workdir, 'generate')
+  raw_dir = os.path.join(stage_dir, 'raw')
+  height, width = factory.layout.output_shape
+  features = tfds_writer.segmentation_features(height, width, config.data.num_classes,
+                                               factory.generator.arch.latent_size)
+  timing = generate_shards(factory, features, raw_dir, gen.num_samples, gen.samples_per_shard,
+                           gen.batch_size, process_index, process_count)
+  timing.update(num_devices=factory.num_devices, process_index=process_index,
+                process_count=process_count)
+  _write_json(os.path.join(raw_dir, f'process-{process_index}-of-{process_count}.done'), timing)
+  if process_index != 0:
+    return
+  wait_for_processes(raw_dir, process_count)
+  all_timing = [json.load(open(p)) for p in sorted(glob.glob(
+      os.path.join(raw_dir, f'process-*-of-{process_count}.done')))]
+  record = finalize(config, features, raw_dir, out_dir, {'processes': all_timing})
+  _write_json(os.path.join(stage_dir, 'summary.json'),
+              {'num_samples': record['num_samples'], 'num_kept': record['num_kept'],
+               'threshold': record['threshold'], 'processes': all_timing})
+  for marker in glob.glob(os.path.join(raw_dir, 'process-*.done')):
+    os.remove(marker)
+  if not gen.keep_raw:
+    shutil.rmtree(raw_dir)
+  logging.info('generate: kept %d of %d samples (uncertainty <= %.4g) in %s',
+               record['num_kept'], record['num_samples'], record['threshold'], out_dir)
