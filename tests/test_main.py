@@ -46,7 +46,8 @@ def test_sample_stage_writes_annotation_inputs(tmp_path):
     assert np.abs(saved.astype(int) - regenerated[i]).max() <= 1
   # Rerun: the finished stage is skipped, nothing is rewritten.
   mtime = os.path.getmtime(out / 'latents.npy')
-  assert run_main('--config=configs/test.py', f'--workdir={workdir}').returncode == 0
+  assert run_main('--config=configs/test.py', f'--workdir={workdir}',
+                  '--stages=sample').returncode == 0
   assert os.path.getmtime(out / 'latents.npy') == mtime
 
 
