@@ -309,7 +309,8 @@ def random_params(shapes: dict[str, tuple[int, ...]], key: jax.Array) -> Params:
       value = np.asarray(jax.random.normal(jax.random.fold_in(key, i), shape), np.float64)
       if leaf == 'weight' and len(shape) >= 2:
         matrix = value.reshape(-1, shape[-1])
-        value = value / np.linalg.norm(matrix, 2)
+        gram = matrix.T @ matrix if matrix.shape[0] >= matrix.shape[1] else matrix @ matrix.T
+        value = value / np.sqrt(np.linalg.eigvalsh(gram)[-1])
       elif leaf != 'embedding':
         value = value * 0.1
     elif leaf in ('var', 'vars', 'gain'):
