@@ -368,11 +368,11 @@ class ClassConditionalGenerator:
     return self.arch.feature_resolutions
 
   def _inputs(self, z, y) -> tuple[jax.Array, jax.Array]:
-    z = np.asarray(z, np.float32)
+    z = jnp.asarray(z, self.dtype)
     if z.ndim != 2 or z.shape[1] != self.dim_z:
-      raise ValueError(f'z must be [B, {self.dim_z}], got {z.shape}')
+      raise ValueError(f'z must be [B, {self.dim_z}], got {tuple(z.shape)}')
     vectors = class_vectors(y, self.num_classes, batch=z.shape[0])
-    return jnp.asarray(z, self.dtype), jnp.asarray(vectors, self.dtype)
+    return z, jnp.asarray(vectors, self.dtype)
 
 
 class BigGANGenerator(ClassConditionalGenerator):
