@@ -1,0 +1,232 @@
+"""The generate step against a direct computation; determinism; the TFDS dataset."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from conftest import REPO
+from dgan_jax import factory as factory_lib
+from dgan_jax import features as features_lib
+from dgan_jax import generators
+from dgan_jax import interpreter
+from dgan_jax import latents
+from dgan_jax import stages
+from dgan_jax import uncertainty
+from dgan_jax.data import images as image_utils
+
+
+def _config(**overrides):
+  import importlib  # pylint: disable=import-outside-toplevel
+  config = importlib.import_module('configs.test').get_config()
+  with config.unlocked():
+    for key, value in overrides.items():
+      section, field = key.split('.')
+      config[section][field] = value
+  return config
+
+
+def _ensemble(layout, num_classes=3, num_members=3, seed=1):
+  """A random ensemble whose members disagree (so JS scores are far from zero)."""
+  arch = interpreter.InterpreterArch(layout.dim, num_classes, num_members)
+  params, stats = interpreter.init(arch, jax.random.key(seed))
+  params = jax.tree.map(lambda a: a * 8 if a.ndim == 3 else a, params)
+  key = jax.random.key(seed + 1)
+  stats = jax.tree.map(lambda a: a + jax.random.uniform(key, a.shape), stats)
+  return arch, params, stats
+
+
+def _direct(g, config, layout, params, stats, z):
+  """The original's way: upsample every map to full size, concatenate, run each member."""
+  w = g.truncate(g.map(z), config.generator.truncation_psi, config.generator.truncation_cutoff)
+  image, maps = g.synthesize(w, noise=config.generator.noise)
+  full = jnp.concatenate([features_lib.upsample(m, t) for m, t in
+                          zip(features_lib.keep_rows(maps, layout), layout.tables())], -1)
+  b, h, w_, d = full.shape
+  member_logits = interpreter.logits(params, stats, full.reshape(-1, d))
+  label = uncertainty.majority_vote(jnp.argmax(member_logits, -1), member_logits.shape[-1])
+  js = uncertainty.js_divergence(jax.nn.softmax(member_logits, -1)).reshape(b, h, w_)
+  return (np.asarray(image), np.asarray(label).reshape(b, h, w_),
+          np.asarray(uncertainty.image_scores(js, config.generate.top_fraction)))
+
+
+@pytest.mark.parametrize('feature_size,crop_rows,chunk_rows', [
+    ((32, 32), (4, 28), 5),     # crop, chunks not dividing the 24 rows
+    ((16, 24), (), 4),          # maps downsampled (32 -> 16 rows) and resized unevenly
+])
+def test_folded_first_layer_equals_direct_computation(feature_size, crop_rows, chunk_rows):
+  config = _config(**{'data.feature_size': feature_size, 'data.crop_rows': crop_rows})
+  g = generators.from_config(config.generator, config.seed)
+  layout = stages.feature_layout(g, config.data)
+  _, params, stats = _ensemble(layout)
+  factory = factory_lib.Factory(g, params, stats, layout, seed=config.seed,
+                                chunk_rows=chunk_rows)
+  out = factory(np.arange(3))
+  z = np.asarray(latents.sample_z(config.seed, np.arange(3)))
+  np.testing.assert_array_equal(out['z'], z)
+  image, label, scores = _direct(g, config, layout, params, stats, z)
+  assert out['label'].shape == (3,) + layout.output_shape
+  assert (out['label'] == label).mean() > 0.999
+  assert scores.min() > 1e-2
+  np.testing.assert_allclose(out['uncertainty'], scores, rtol=1e-3)
+  if feature_size == (32, 32):
+    expected_image = image_utils.to_uint8(image)[:, crop_rows[0]:crop_rows[1]]
+    assert np.abs(out['image'].astype(int) - expected_image).max() <= 1
+
+
+def test_chunk_plan_reads_every_tap():
+  layout = features_lib.FeatureLayout.create([(4, 4), (64, 64), (128, 128)], [1, 1, 1],
+                                             (96, 80), (7, 90))
+  for plan, (rows, _), (kept, _, _) in zip(factory_lib.plan_chunks(layout, 16),
+                                           layout.tables(), layout.kept_shapes):
+    absolute0 = plan.row0 + plan.starts[:, None]
+    absolute1 = plan.row1 + plan.starts[:, None]
+    n = len(rows.index0)
+    np.testing.assert_array_equal(absolute0.reshape(-1)[:n], rows.index0)
+    np.testing.assert_array_equal(absolute1.reshape(-1)[:n], rows.index1)
+    assert plan.row0.min() >= 0 and plan.row1.max() < plan.span
+    assert (plan.starts + plan.span <= kept).all()
+
+
+_DEVICES_SCRIPT = textwrap.dedent('''
+    import os, sys
+    sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
+    import numpy as np, jax
+    import test_factory as t
+    from dgan_jax import factory as factory_lib, generators, stages
+    config = t._config(**{{'generator.noise': 'per_sample'}})
+    g = generators.from_config(config.generator, config.seed)
+    layout = stages.feature_layout(g, config.data)
+    _, params, stats = t._ensemble(layout)
+    devices = jax.local_devices()[:{num_devices}]
+    factory = factory_lib.Factory(g, params, stats, layout, seed=config.seed,
+                                  noise='per_sample', chunk_rows=8, devices=devices)
+    outs = [factory(np.arange(s, min(s + {batch}, 8))) for s in range(0, 8, {batch})]
+    np.savez({path!r}, **{{k: np.concatenate([o[k] for o in outs]) for k in outs[0]}})
+''')
+
+
+def _run_devices(tmp_path, num_devices, batch):
+  path = str(tmp_path / f'out_{num_devices}_{batch}.npz')
+  script = _DEVICES_SCRIPT.format(repo=REPO, tests=os.path.join(REPO, 'tests'),
+                                  num_devices=num_devices, batch=batch, path=path)
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return np.load(path)
+
+
+@pytest.mark.slow
+def test_sample_i_is_the_same_whatever_batch_and_device_count(tmp_path):
+  four_devices = _run_devices(tmp_path, 4, 8)
+  one_device = _run_devices(tmp_path, 1, 3)
+  np.testing.assert_array_equal(four_devices['z'], one_device['z'])
+  assert np.abs(four_devices['image'].astype(int) - one_device['image']).max() <= 1
+  assert (four_devices['label'] == one_device['label']).mean() > 0.999
+  np.testing.assert_allclose(four_devices['uncertainty'], one_device['uncertainty'], rtol=1e-4)
+
+
+def _prepare_workdir(workdir, config):
+  g = generators.from_config(config.generator, config.seed)
+  arch, params, stats = _ensemble(stages.feature_layout(g, config.data))
+  interpreter.save(os.path.join(workdir, 'interpreter'), arch, params, stats)
+  return g, params, stats
+
+
+def test_generate_stage_dataset_reads_back_through_tfds(tmp_path):
+  config = _config()
+  workdir = str(tmp_path)
+  g, params, stats = _prepare_workdir(workdir, config)
+  stages.generate(config, workdir)
+  dataset_dir = os.path.join(workdir, 'dataset')
+  record = json.load(open(os.path.join(dataset_dir, 'generation.json')))
+  n = config.generate.num_samples
+  assert record['num_samples'] == n and record['num_kept'] == n - int(n * 0.1)
+  scores = {s['index']: s['uncertainty'] for s in record['samples']}
+  kept = {s['index'] for s in record['samples'] if s['kept']}
+  assert max(scores[i] for i in kept) <= record['threshold'] < min(
+      scores[i] for i in scores if i not in kept)
+
+  builder = tfds.builder_from_directory(dataset_dir)
+  train = builder.as_data_source('train')
+  assert len(train) == len(kept)
+  assert len(builder.as_data_source('dropped')) == n - len(kept)
+  example = train[3]
+  assert example['image'].shape == (24, 32, 3) and example['image'].dtype == np.uint8
+  assert example['label'].shape == (24, 32) and example['label'].dtype == np.uint8
+  index = int(example['index'])
+  assert index in kept and sorted(kept)[3] == index
+  np.testing.assert_array_equal(example['latent'],
+                                np.asarray(latents.sample_z(config.seed, [index]))[0])
+  assert example['uncertainty'] == pytest.approx(scores[index], rel=1e-6)
+  layout = stages.feature_layout(g, config.data)
+  _, label, direct_scores = _direct(g, config, layout, params, stats, example['latent'][None])
+  assert (example['label'] == label[0]).mean() > 0.999
+  assert example['uncertainty'] == pytest.approx(direct_scores[0], rel=1e-3)
+  assert os.path.exists(os.path.join(dataset_dir, 'preview.png'))
+  assert json.load(open(os.path.join(workdir, 'generate', 'summary.json')))['num_kept'] == 18
+
+  # Resume: a lost shard is regenerated alone; the dataset comes out the same.
+  raw = os.path.join(workdir, 'generate', 'raw')
+  os.remove(os.path.join(raw, 'shard-00001-n8.scores.npy'))
+  shutil.rmtree(dataset_dir)
+  stages.generate(config, workdir)
+  summary = json.load(open(os.path.join(workdir, 'generate', 'summary.json')))
+  assert summary['processes'][0]['generated'] == 8
+  again = json.load(open(os.path.join(dataset_dir, 'generation.json')))
+  assert [s['index'] for s in again['samples'] if s['kept']] == sorted(kept)
+  # Finished: skipped.
+  stages.generate(config, workdir)
+  assert json.load(open(os.path.join(workdir, 'generate', 'summary.json'))) == summary
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_write_one_dataset(tmp_path):
+  config = _config()
+  single, double = tmp_path / 'single', tmp_path / 'double'
+  for workdir in (single, double):
+    _prepare_workdir(str(workdir), config)
+  common = [sys.executable, '-m', 'dgan_jax.main', '--config=configs/test.py',
+            '--stages=generate']
+  result = subprocess.run(common + [f'--workdir={single}'], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  address = f'localhost:{_free_port()}'
+  processes = [subprocess.Popen(
+      common + [f'--workdir={double}', '--config.distributed.num_processes=2',
+                f'--config.distributed.process_id={i}',
+                f'--config.distributed.coordinator_address={address}'],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=600) for p in processes]
+  for p, (_, err) in zip(processes, outputs):
+    assert p.returncode == 0, err[-3000:]
+  one = json.load(open(single / 'dataset' / 'generation.json'))
+  two = json.load(open(double / 'dataset' / 'generation.json'))
+  timing = two['timing']['processes']
+  assert [t['process_index'] for t in timing] == [0, 1]
+  assert [t['generated'] for t in timing] == [12, 8]  # shards 0, 2 and shard 1
+  assert [s['index'] for s in one['samples']] == [s['index'] for s in two['samples']]
+  np.testing.assert_allclose([s['uncertainty'] for s in one['samples']],
+                             [s['uncertainty'] for s in two['samples']], rtol=1e-5)
+  a = tfds.builder_from_directory(str(single / 'dataset')).as_data_source('train')
+  b = tfds.builder_from_directory(str(double / 'dataset')).as_data_source('train')
+  assert len(a) == len(b)
+  for i in range(len(a)):
+    assert a[i]['index'] == b[i]['index']
+    assert np.abs(a[i]['image'].astype(int) - b[i]['image']).max() <= 1
