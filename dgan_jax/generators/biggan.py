@@ -199,7 +199,7 @@ def class_vectors(y, num_classes: int, batch: int | None = None) -> np.ndarray:
   """Class ids [B] (ints) or class vectors [B, num_classes] (one-hot or soft)
   -> float32 [B, num_classes]. Raises ValueError for ids out of range or bad shapes."""
   y = np.asarray(y)
-  if y.ndim == 1 and (np.issubdtype(y.dtype, np.integer) or y.size == 0):
+  if y.ndim == 1 and np.issubdtype(y.dtype, np.integer):
     bad = y[(y < 0) | (y >= num_classes)]
     if bad.size:
       raise ValueError(f'class ids must be in [0, {num_classes}), got {bad[:5].tolist()}')
