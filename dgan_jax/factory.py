@@ -34,51 +34,82 @@ from dgan_jax.generators import stylegan1
 
 
 @dataclasses.dataclass(frozen=True)
-class MapChunks:
-  """Static slicing plan of one feature map for output-row chunks."""
-  starts: np.ndarray      # int32 [num_chunks]: first kept native row each chunk reads
-  span: int               # native rows each chunk reads
-  row0: np.ndarray        # int32 [num_chunks, chunk_rows]: taps relative to `starts`
-  row1: np.ndarray
-  row_weight: np.ndarray  # float32 [num_chunks, chunk_rows]
-  col0: np.ndarray        # int32 [W]
-  col1: np.ndarray
-  col_weight: np.ndarray  # float32 [W]
+class GroupPlan:
+  """How a chunk of output rows reads the maps of one native size (h, w).
+
+  Maps of a block share their size, so their projections are summed before resizing.
+  """
+  maps: tuple[int, ...]        # indices of the feature maps in this group
+  width: int                   # native w
+  starts: np.ndarray           # int32 [num_chunks]: first kept native row a chunk reads
+  span: int                    # native rows a chunk reads
+  rows: np.ndarray | None      # float32 [num_chunks, chunk_rows, span]: vertical bilinear
+                               # weights; None when rows map one to one (no resizing)
 
 
-def plan_chunks(layout: features_lib.FeatureLayout, chunk_rows: int) -> list[MapChunks]:
-  """Per map, which native rows each chunk of `chunk_rows` output rows needs."""
+def plan_chunks(layout: features_lib.FeatureLayout, chunk_rows: int) -> list[GroupPlan]:
+  """Per group of equally sized maps, the native rows each chunk of output rows needs
+  and the bilinear weights that produce the chunk from them."""
   height = layout.output_shape[0]
   num_chunks = -(-height // chunk_rows)
   padded = num_chunks * chunk_rows
+  groups: dict[tuple[int, int], list[int]] = {}
+  for i, shape in enumerate(layout.map_shapes):
+    groups.setdefault(shape, []).append(i)
+  tables = layout.tables()
   plans = []
-  for (rows, cols), (kept, _, _) in zip(layout.tables(), layout.kept_shapes):
+  for (_, width), maps in groups.items():
+    rows = tables[maps[0]][0]
+    kept = layout.kept_shapes[maps[0]][0]
     # Rows past the last output row repeat its taps; their results are discarded.
     pad = lambda a: np.concatenate([a, np.repeat(a[-1:], padded - height)])
     r0, r1, rw = (pad(a).reshape(num_chunks, chunk_rows)
                   for a in (rows.index0, rows.index1, rows.weight1))
-    span = int((r1.max(axis=1) - r0.min(axis=1)).max()) + 1
-    starts = np.minimum(r0.min(axis=1), kept - span).clip(0)
-    span = min(span, kept)
-    plans.append(MapChunks(starts.astype(np.int32), span,
-                           (r0 - starts[:, None]).astype(np.int32),
-                           (r1 - starts[:, None]).astype(np.int32), rw.astype(np.float32),
-                           cols.index0, cols.index1, cols.weight1))
+    span = min(int((r1.max(axis=1) - r0.min(axis=1)).max()) + 1, kept)
+    starts = np.clip(np.minimum(r0.min(axis=1), kept - span), 0, None).astype(np.int32)
+    one_to_one = (not rw.any() and span == chunk_rows
+                  and (r0 - starts[:, None] == np.arange(chunk_rows)).all())
+    matrix = None
+    if not one_to_one:
+      matrix = np.zeros((num_chunks, chunk_rows, span), np.float32)
+      c, r = np.meshgrid(np.arange(num_chunks), np.arange(chunk_rows), indexing='ij')
+      np.add.at(matrix, (c, r, r0 - starts[:, None]), 1 - rw)
+      np.add.at(matrix, (c, r, r1 - starts[:, None]), rw)
+    plans.append(GroupPlan(tuple(maps), width, starts, span, matrix))
   return plans
 
 
-def _resize_rows_chunk(projection, table: dict, chunk):
-  """projection [span, w, K] (the chunk's native rows) -> [chunk_rows, W, K].
-  table: a MapChunks as a dict of arrays."""
-  wy = table['row_weight'][chunk][:, None, None]
-  x = ((1 - wy) * jnp.take(projection, table['row0'][chunk], axis=0)
-       + wy * jnp.take(projection, table['row1'][chunk], axis=0))
-  wx = table['col_weight'][None, :, None]
-  return (1 - wx) * jnp.take(x, table['col0'], axis=1) + wx * jnp.take(x, table['col1'], axis=1)
+def resize_columns(x: jax.Array, out_width: int) -> jax.Array:
+  """x [R, w, K] -> [R, out_width, K], bilinear with half-pixel centres (PyTorch
+  align_corners=False), edges clamped. Integer factors use strided slices, not gathers."""
+  width = x.shape[1]
+  if width == out_width:
+    return x
+  if out_width % width == 0:
+    factor = out_width // width
+    padded = jnp.concatenate([x[:, :1], x, x[:, -1:]], axis=1)   # edge clamp
+    centre = padded[:, 1:width + 1]
+    phases = []
+    for j in range(factor):
+      offset = (j + 0.5) / factor - 0.5       # source position of output factor*i + j
+      neighbour = padded[:, :width] if offset < 0 else padded[:, 2:width + 2]
+      phases.append((1 - abs(offset)) * centre + abs(offset) * neighbour)
+    return jnp.stack(phases, axis=2).reshape(x.shape[0], out_width, x.shape[2])
+  if width % out_width == 0:
+    factor = width // out_width
+    grouped = x.reshape(x.shape[0], out_width, factor, x.shape[2])
+    first, frac = divmod((factor - 1) / 2, 1)  # source position factor*i + (factor-1)/2
+    first = int(first)
+    if frac == 0:
+      return grouped[:, :, first]
+    return (1 - frac) * grouped[:, :, first] + frac * grouped[:, :, first + 1]
+  index0, index1, weight1 = features_lib.bilinear_source(width, out_width)
+  weight1 = jnp.asarray(weight1)[None, :, None]
+  return (1 - weight1) * jnp.take(x, index0, axis=1) + weight1 * jnp.take(x, index1, axis=1)
 
 
 def label_image(feature_maps, params, batch_stats, layout: features_lib.FeatureLayout,
-                plans: list[MapChunks], top_fraction: float):
+                plans: list[GroupPlan], top_fraction: float):
   """One image. feature_maps: list of [kept_l, w_l, C_l] (`features.keep_rows`).
 
   Returns (label [H', W] int32, pixel_uncertainty [H', W] float32, score float32).
@@ -87,19 +118,24 @@ def label_image(feature_maps, params, batch_stats, layout: features_lib.FeatureL
   num_members, _, hidden = w1.shape
   offsets = layout.channel_offsets
   height, width = layout.output_shape
-  chunk_rows = plans[0].row0.shape[1]
-  as_tables = [jax.tree.map(jnp.asarray, dataclasses.asdict(p)) for p in plans]
+  num_chunks = len(plans[0].starts)
+  chunk_rows = -(-height // num_chunks)
+  group_weights = [
+      jnp.concatenate([w1[:, offsets[i]:offsets[i] + layout.channels[i]] for i in plan.maps],
+                      axis=1).transpose(1, 0, 2).reshape(-1, num_members * hidden)
+      for plan in plans]                                  # per group [C_group, M * H1]
 
   def one_chunk(chunk):
-    first = jnp.broadcast_to(params['linear0']['bias'].reshape(1, 1, -1),
-                             (chunk_rows, width, num_members * hidden))
-    for fmap, plan, table, offset, channels in zip(
-        feature_maps, plans, as_tables, offsets, layout.channels):
-      rows = jax.lax.dynamic_slice_in_dim(fmap, table['starts'][chunk], plan.span, axis=0)
-      weight = w1[:, offset:offset + channels].transpose(1, 0, 2).reshape(channels, -1)
+    first = params['linear0']['bias'].reshape(1, 1, -1)
+    for plan, weight in zip(plans, group_weights):
+      rows = jnp.concatenate([
+          jax.lax.dynamic_slice_in_dim(feature_maps[i], jnp.asarray(plan.starts)[chunk],
+                                       plan.span, axis=0) for i in plan.maps], axis=-1)
       projection = jnp.einsum('hwc,ck->hwk', rows, weight.astype(rows.dtype),
                               preferred_element_type=jnp.float32)
-      first = first + _resize_rows_chunk(projection, table, chunk)
+      if plan.rows is not None:
+        projection = jnp.einsum('rs,swk->rwk', jnp.asarray(plan.rows)[chunk], projection)
+      first = first + resize_columns(projection, width)
     first = first.reshape(chunk_rows * width, num_members, hidden).transpose(1, 0, 2)
     member_logits = interpreter.head(params, batch_stats, first)      # [M, P, C]
     member_labels = jnp.argmax(member_logits, axis=-1)
@@ -107,7 +143,6 @@ def label_image(feature_maps, params, batch_stats, layout: features_lib.FeatureL
     pixel_js = uncertainty.js_divergence(jax.nn.softmax(member_logits, axis=-1))
     return label.reshape(chunk_rows, width), pixel_js.reshape(chunk_rows, width)
 
-  num_chunks = plans[0].row0.shape[0]
   labels, pixel_js = jax.lax.map(one_chunk, jnp.arange(num_chunks))
   label = labels.reshape(-1, width)[:height]
   pixel_js = pixel_js.reshape(-1, width)[:height]

@@ -83,17 +83,30 @@ def test_folded_first_layer_equals_direct_computation(feature_size, crop_rows, c
     assert np.abs(out['image'].astype(int) - expected_image).max() <= 1
 
 
-def test_chunk_plan_reads_every_tap():
-  layout = features_lib.FeatureLayout.create([(4, 4), (64, 64), (128, 128)], [1, 1, 1],
-                                             (96, 80), (7, 90))
-  for plan, (rows, _), (kept, _, _) in zip(factory_lib.plan_chunks(layout, 16),
-                                           layout.tables(), layout.kept_shapes):
-    absolute0 = plan.row0 + plan.starts[:, None]
-    absolute1 = plan.row1 + plan.starts[:, None]
-    n = len(rows.index0)
-    np.testing.assert_array_equal(absolute0.reshape(-1)[:n], rows.index0)
-    np.testing.assert_array_equal(absolute1.reshape(-1)[:n], rows.index1)
-    assert plan.row0.min() >= 0 and plan.row1.max() < plan.span
+@pytest.mark.parametrize('in_width,out_width', [(4, 512), (8, 24), (64, 128), (16, 16),
+                                               (32, 16), (48, 16), (12, 40), (40, 12)])
+def test_resize_columns_matches_torch(in_width, out_width):
+  torch = pytest.importorskip('torch')
+  x = np.random.RandomState(0).standard_normal((3, in_width, 5)).astype(np.float32)
+  expected = torch.nn.functional.interpolate(
+      torch.from_numpy(x.transpose(0, 2, 1))[:, :, None], size=(1, out_width),
+      mode='bilinear', align_corners=False)[:, :, 0].numpy().transpose(0, 2, 1)
+  np.testing.assert_allclose(factory_lib.resize_columns(jnp.asarray(x), out_width), expected,
+                             atol=1e-5)
+
+
+def test_chunk_plan_rows_match_the_bilinear_tables():
+  layout = features_lib.FeatureLayout.create([(4, 4), (64, 64), (64, 64), (128, 128)],
+                                             [1, 1, 1, 1], (96, 80), (7, 90))
+  plans = factory_lib.plan_chunks(layout, 16)
+  assert [p.maps for p in plans] == [(0,), (1, 2), (3,)]
+  for plan in plans:
+    (rows, _), (kept, _, _) = layout.tables()[plan.maps[0]], layout.kept_shapes[plan.maps[0]]
+    native = np.random.RandomState(1).standard_normal(kept)
+    expected = (1 - rows.weight1) * native[rows.index0] + rows.weight1 * native[rows.index1]
+    got = np.concatenate([plan.rows[c] @ native[plan.starts[c]:plan.starts[c] + plan.span]
+                          for c in range(len(plan.starts))])[:len(expected)]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
     assert (plan.starts + plan.span <= kept).all()
 
 

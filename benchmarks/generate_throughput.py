@@ -1,0 +1,154 @@
+"""Labeling throughput of the generate step for the car-sized configuration, next to the
+original's per-image loop, measured in the same run.
+
+Car-sized: StyleGAN (v1) 512 px (fmap_base 8192, fmap_max 512: 16 maps, 5056 channels),
+random weights; features resized to 512x512 and cropped to rows 64:448 (384x512 =
+196,608 pixels); 10 members, 20 classes.
+
+  ours      the compiled factory step (dgan_jax.factory.Factory): the first layer folded
+            into the native maps, chunked rows, majority vote and JS inside.
+  original  the original's per-image procedure, re-implemented in PyTorch on this CPU:
+            each map upsampled (bilinear, align_corners=False) to 512x512, concatenated
+            to [5056, 512, 512], cropped, then each member's MLP on all 196,608 pixels,
+            softmax, the JS divergence across members and the per-pixel mode.
+
+Each runs in its own process so its peak RSS is its own.
+
+  python benchmarks/generate_throughput.py [--images 3] [--skip-original]
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+NUM_MEMBERS, NUM_CLASSES = 10, 20
+FEATURE_SIZE, CROP_ROWS = (512, 512), (64, 448)
+
+
+def _car_generator():
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from dgan_jax.generators import stylegan1  # pylint: disable=import-outside-toplevel
+  arch = stylegan1.StyleGAN1Arch(resolution=512, fmap_base=8192, fmap_max=512)
+  g = stylegan1.StyleGAN1Generator(arch, stylegan1.init_params(arch, jax.random.key(0)),
+                                   const_noise=stylegan1.draw_const_noise(arch, 0))
+  g.avg_latent = np.zeros(512, np.float32)
+  return g
+
+
+def run_ours(num_images: int) -> dict:
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from dgan_jax import factory as factory_lib  # pylint: disable=import-outside-toplevel
+  from dgan_jax import features as features_lib  # pylint: disable=import-outside-toplevel
+  from dgan_jax import interpreter  # pylint: disable=import-outside-toplevel
+  g = _car_generator()
+  layout = features_lib.FeatureLayout.create(
+      [(r, r) for r in g.arch.resolutions for _ in range(2)], g.feature_channels,
+      FEATURE_SIZE, CROP_ROWS)
+  arch = interpreter.InterpreterArch(layout.dim, NUM_CLASSES, NUM_MEMBERS)
+  params, stats = interpreter.init(arch, jax.random.key(1))
+  factory = factory_lib.Factory(g, params, stats, layout, seed=0, chunk_rows=32)
+  start = time.time()
+  factory(np.arange(1))
+  compile_seconds = time.time() - start
+  times = []
+  for i in range(num_images):
+    start = time.time()
+    out = factory(np.arange(i + 1, i + 2))
+    times.append(time.time() - start)
+  assert out['label'].shape == (1, 384, 512)
+  return {'seconds_per_image': float(np.median(times)), 'first_call_seconds': compile_seconds,
+          'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def run_original(num_images: int) -> dict:
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
+  g = _car_generator()
+  channels = g.feature_channels
+  hidden = (128, 32)
+  torch.manual_seed(0)
+  members = []
+  for _ in range(NUM_MEMBERS):
+    members.append(torch.nn.Sequential(
+        torch.nn.Linear(sum(channels), hidden[0]), torch.nn.ReLU(),
+        torch.nn.BatchNorm1d(hidden[0]), torch.nn.Linear(hidden[0], hidden[1]),
+        torch.nn.ReLU(), torch.nn.BatchNorm1d(hidden[1]),
+        torch.nn.Linear(hidden[1], NUM_CLASSES)).eval())
+  times = []
+  for i in range(num_images):
+    z = np.random.RandomState(i).standard_normal((1, 512)).astype(np.float32)
+    _, maps = g.synthesize(g.truncate(g.map(z)))      # the generator is not what is timed
+    maps = [torch.from_numpy(np.asarray(m)).permute(0, 3, 1, 2) for m in maps]
+    start = time.time()
+    with torch.no_grad():
+      upsampled = torch.cat([F.interpolate(m, size=FEATURE_SIZE, mode='bilinear',
+                                           align_corners=False) for m in maps], dim=1)
+      upsampled = upsampled[:, :, CROP_ROWS[0]:CROP_ROWS[1]]
+      pixels = upsampled[0].reshape(sum(channels), -1).t()          # [196608, 5056]
+      probs, labels = [], []
+      for member in members:
+        logits = torch.cat([member(chunk) for chunk in pixels.split(65536)])
+        probs.append(torch.softmax(logits, dim=1))
+        labels.append(logits.argmax(dim=1))
+      probs = torch.stack(probs)
+      mean = probs.mean(0)
+      entropy = lambda p: -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
+      js = entropy(mean) - entropy(probs).mean(0)
+      label = torch.mode(torch.stack(labels), dim=0).values
+      k = js.numel() // 10
+      score = js.topk(k).values.mean()
+    times.append(time.time() - start)
+    del upsampled, pixels
+  assert label.shape == (384 * 512,) and torch.isfinite(score)
+  return {'seconds_per_image': float(np.median(times)),
+          'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def _in_subprocess(mode: str, num_images: int) -> dict:
+  result = subprocess.run([sys.executable, __file__, '--mode', mode, '--images',
+                           str(num_images)], capture_output=True, text=True, check=False)
+  if result.returncode != 0:
+    raise RuntimeError(f'{mode} failed:\n{result.stderr[-3000:]}')
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--mode', choices=['ours', 'original', 'both'], default='both')
+  parser.add_argument('--images', type=int, default=3)
+  parser.add_argument('--skip-original', action='store_true')
+  args = parser.parse_args()
+  if args.mode != 'both':
+    fn = run_ours if args.mode == 'ours' else run_original
+    print(json.dumps(fn(args.images)))
+    return
+  import jax  # pylint: disable=import-outside-toplevel
+  print(f'car-sized generate step, {NUM_MEMBERS} members, {NUM_CLASSES} classes, '
+        f'384x512 pixels, {jax.devices()[0].platform} x{jax.device_count()}, '
+        f'median of {args.images} images')
+  ours = _in_subprocess('ours', args.images)
+  print(f"  dgan_jax step: {ours['seconds_per_image']:.2f} s/image "
+        f"({1 / ours['seconds_per_image']:.2f} images/s; generator + labels + JS), "
+        f"first call incl. compile {ours['first_call_seconds']:.1f} s, "
+        f"peak RSS {ours['peak_rss_gb']:.2f} GB (whole process)")
+  if args.skip_original:
+    return
+  original = _in_subprocess('original', args.images)
+  print(f"  original loop: {original['seconds_per_image']:.2f} s/image "
+        f"(labels + JS only, generator excluded), peak RSS {original['peak_rss_gb']:.2f} GB")
+  print(f"  speed-up: {original['seconds_per_image'] / ours['seconds_per_image']:.1f}x "
+        f"(ours includes the generator, the original's time does not)")
+
+
+if __name__ == '__main__':
+  main()
