@@ -56,6 +56,7 @@ def run_ours(num_images: int) -> dict:
   arch = interpreter.InterpreterArch(layout.dim, NUM_CLASSES, NUM_MEMBERS)
   params, stats = interpreter.init(arch, jax.random.key(1))
   factory = factory_lib.Factory(g, params, stats, layout, seed=0, chunk_rows=32)
+  memory = factory.memory_analysis(batch_size=1)
   start = time.time()
   factory(np.arange(1))
   compile_seconds = time.time() - start
@@ -66,7 +67,9 @@ def run_ours(num_images: int) -> dict:
     times.append(time.time() - start)
   assert out['label'].shape == (1, 384, 512)
   return {'seconds_per_image': float(np.median(times)), 'first_call_seconds': compile_seconds,
-          'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+          'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+          'step_temp_gb': memory['temp_bytes'] / 2**30,
+          'step_total_gb': memory['total_bytes'] / 2**30}
 
 
 def run_original(num_images: int) -> dict:
@@ -141,6 +144,8 @@ def main():
         f"({1 / ours['seconds_per_image']:.2f} images/s; generator + labels + JS), "
         f"first call incl. compile {ours['first_call_seconds']:.1f} s, "
         f"peak RSS {ours['peak_rss_gb']:.2f} GB (whole process)")
+  print(f"  compiled step memory per image (XLA): {ours['step_temp_gb']:.2f} GB temporaries, "
+        f"{ours['step_total_gb']:.2f} GB with arguments and outputs")
   if args.skip_original:
     return
   original = _in_subprocess('original', args.images)

@@ -86,15 +86,19 @@ def resize_columns(x: jax.Array, out_width: int) -> jax.Array:
   if width == out_width:
     return x
   if out_width % width == 0:
+    # Output column factor*i + j reads columns i and i-1 (phases left of the centre of
+    # column i) or i and i+1 (right of it). Repeating each column `factor` times and
+    # weighting per output column keeps this one elementwise (fusible) expression.
     factor = out_width // width
-    padded = jnp.concatenate([x[:, :1], x, x[:, -1:]], axis=1)   # edge clamp
-    centre = padded[:, 1:width + 1]
-    phases = []
-    for j in range(factor):
-      offset = (j + 0.5) / factor - 0.5       # source position of output factor*i + j
-      neighbour = padded[:, :width] if offset < 0 else padded[:, 2:width + 2]
-      phases.append((1 - abs(offset)) * centre + abs(offset) * neighbour)
-    return jnp.stack(phases, axis=2).reshape(x.shape[0], out_width, x.shape[2])
+    offsets = (np.arange(factor) + 0.5) / factor - 0.5
+    centre_w, left_w, right_w = (np.tile(a, width)[None, :, None].astype(np.float32) for a in
+                                 (1 - np.abs(offsets), np.maximum(-offsets, 0),
+                                  np.maximum(offsets, 0)))
+    left = jnp.concatenate([x[:, :1], x[:, :-1]], axis=1)     # edges clamp
+    right = jnp.concatenate([x[:, 1:], x[:, -1:]], axis=1)
+    repeat = lambda a: jnp.broadcast_to(a[:, :, None], a.shape[:2] + (factor,) + a.shape[2:]
+                                        ).reshape(a.shape[0], out_width, a.shape[2])
+    return centre_w * repeat(x) + left_w * repeat(left) + right_w * repeat(right)
   if width % out_width == 0:
     factor = width // out_width
     grouped = x.reshape(x.shape[0], out_width, factor, x.shape[2])
@@ -213,6 +217,21 @@ class Factory:
                        check_vma=False)
     return jax.jit(fn)
 
+  def _arguments(self, indices):
+    g = self.generator
+    if g.avg_latent is None:
+      raise ValueError('the generator has no average W for truncation')
+    return (g.params, g.avg_latent, self._noise, self.interpreter_params, self.batch_stats,
+            jnp.asarray(indices, jnp.uint32))
+
+  def memory_analysis(self, batch_size: int) -> dict:
+    """XLA's memory figures of the compiled step for `batch_size` samples per device."""
+    indices = np.arange(batch_size * self.num_devices)
+    stats = self._step.lower(*self._arguments(indices)).compile().memory_analysis()
+    return {'temp_bytes': stats.temp_size_in_bytes,
+            'total_bytes': (stats.temp_size_in_bytes + stats.argument_size_in_bytes
+                            + stats.output_size_in_bytes)}
+
   @property
   def num_devices(self) -> int:
     return len(self.devices)
@@ -223,10 +242,5 @@ class Factory:
     n = len(indices)
     padded = -(-n // self.num_devices) * self.num_devices
     padded_indices = np.concatenate([indices, np.repeat(indices[-1:], padded - n)])
-    g = self.generator
-    avg = g.avg_latent
-    if avg is None:
-      raise ValueError('the generator has no average W for truncation')
-    out = self._step(g.params, avg, self._noise, self.interpreter_params, self.batch_stats,
-                     jnp.asarray(padded_indices, jnp.uint32))
+    out = self._step(*self._arguments(padded_indices))
     return {k: np.asarray(v)[:n] for k, v in out.items()}
