@@ -1,0 +1,190 @@
+"""Per-pixel feature vectors from native-resolution feature maps, without upsampling.
+
+DatasetGAN resizes every generator feature map to `feature_size` (H, W) with bilinear
+interpolation (PyTorch `align_corners=False`, no antialiasing), concatenates them along
+channels, crops rows (the car model keeps rows 64:448 of 512) and labels each pixel from
+its column of D values. Bilinear resizing is separable and linear, so the feature vector
+of output pixel (y, x) is, for each map of native size (h, w):
+
+    src_y = max((y + crop_start + 0.5) * h / H - 0.5, 0)   (likewise src_x with w / W)
+    y0 = floor(src_y), y1 = min(y0 + 1, h - 1), wy = src_y - y0   (likewise x0, x1, wx)
+    v = (1 - wy) * ((1 - wx) * F[y0, x0] + wx * F[y0, x1])
+        + wy * ((1 - wx) * F[y1, x0] + wx * F[y1, x1])
+
+`FeatureLayout` holds these per-map index/weight tables; `pixel_features` evaluates the
+formula for any set of pixels (4 row reads per map), `upsample` builds the full resized
+map for one layer when that is wanted. Both agree with `torch.nn.functional.interpolate`
+(bilinear, align_corners=False) to float rounding, for upsampling and downsampling alike
+(the face model resizes its 1024 px maps to 512).
+
+Only the native rows some output row reads are kept (`FeatureLayout.kept_rows`): for the
+car crop that drops a quarter of the largest maps.
+"""
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def bilinear_source(in_size: int, out_size: int, start: int = 0,
+                    stop: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Source indices and weights of output positions start..stop-1 when a length-in_size
+  axis is resized to out_size (half-pixel centres, PyTorch align_corners=False).
+
+  Returns (index0 int32 [n], index1 int32 [n], weight1 float32 [n]): output position i
+  is (1 - weight1[i]) * input[index0[i]] + weight1[i] * input[index1[i]].
+  """
+  stop = out_size if stop is None else stop
+  positions = np.arange(start, stop, dtype=np.float64)
+  source = np.maximum((positions + 0.5) * (in_size / out_size) - 0.5, 0.0)
+  index0 = np.minimum(np.floor(source).astype(np.int64), in_size - 1)
+  index1 = np.minimum(index0 + 1, in_size - 1)
+  weight1 = source - index0
+  return index0.astype(np.int32), index1.astype(np.int32), weight1.astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class AxisTable:
+  """Bilinear taps along one axis of one map, for every output position."""
+  index0: np.ndarray   # int32 [n_out], into the kept native rows/columns
+  index1: np.ndarray   # int32 [n_out]
+  weight1: np.ndarray  # float32 [n_out]
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureLayout:
+  """Geometry of per-pixel features: native map shapes -> cropped output grid.
+
+  map_shapes: native (h_l, w_l) of each feature map, in concatenation order.
+  channels: C_l of each map; feature vector rows follow this order (D = sum C_l).
+  feature_size: (H, W) every map is resized to before cropping.
+  crop_rows: (start, stop) rows of the resized grid kept; the output is
+    [stop - start, W].
+  """
+  map_shapes: tuple[tuple[int, int], ...]
+  channels: tuple[int, ...]
+  feature_size: tuple[int, int]
+  crop_rows: tuple[int, int]
+
+  @classmethod
+  def create(cls, map_shapes: Sequence[Sequence[int]], channels: Sequence[int],
+             feature_size: Sequence[int] = (), crop_rows: Sequence[int] = ()) -> 'FeatureLayout':
+    """feature_size empty: the largest map's size; crop_rows empty: every row."""
+    map_shapes = tuple((int(h), int(w)) for h, w in map_shapes)
+    if len(map_shapes) != len(channels):
+      raise ValueError(f'{len(map_shapes)} map shapes but {len(channels)} channel counts')
+    if not feature_size:
+      feature_size = max(map_shapes)
+    feature_size = (int(feature_size[0]), int(feature_size[1]))
+    crop_rows = (0, feature_size[0]) if not crop_rows else (int(crop_rows[0]), int(crop_rows[1]))
+    if not 0 <= crop_rows[0] < crop_rows[1] <= feature_size[0]:
+      raise ValueError(f'crop_rows {crop_rows} outside the {feature_size[0]} rows of feature_size')
+    return cls(map_shapes, tuple(int(c) for c in channels), feature_size, crop_rows)
+
+  @property
+  def output_shape(self) -> tuple[int, int]:
+    """(H', W): the cropped grid pixels are labelled on."""
+    return self.crop_rows[1] - self.crop_rows[0], self.feature_size[1]
+
+  @property
+  def dim(self) -> int:
+    """D, the length of a pixel's feature vector."""
+    return sum(self.channels)
+
+  @property
+  def channel_offsets(self) -> list[int]:
+    """First row of each map's channels in the D-long feature vector (and in the
+    interpreter's first-layer weight)."""
+    return [int(o) for o in np.cumsum((0,) + self.channels[:-1])]
+
+  @property
+  def kept_rows(self) -> list[tuple[int, int]]:
+    """(first, stop) native rows of each map that some output row reads."""
+    kept = []
+    for h, _ in self.map_shapes:
+      index0, index1, _ = bilinear_source(h, self.feature_size[0], *self.crop_rows)
+      kept.append((int(index0.min()), int(index1.max()) + 1))
+    return kept
+
+  @property
+  def kept_shapes(self) -> list[tuple[int, int, int]]:
+    """[rows kept, w, C] of each stored map."""
+    return [(stop - first, w, c) for (first, stop), (_, w), c
+            in zip(self.kept_rows, self.map_shapes, self.channels)]
+
+  def tables(self) -> list[tuple[AxisTable, AxisTable]]:
+    """(rows, columns) tables per map; row indices count from the first kept row."""
+    out = []
+    for (h, w), (first, _) in zip(self.map_shapes, self.kept_rows):
+      r0, r1, rw = bilinear_source(h, self.feature_size[0], *self.crop_rows)
+      c0, c1, cw = bilinear_source(w, self.feature_size[1])
+      out.append((AxisTable(r0 - first, r1 - first, rw), AxisTable(c0, c1, cw)))
+    return out
+
+  def bytes_per_image(self, dtype=np.float32) -> int:
+    """Host/device bytes one image's kept native maps take."""
+    return int(sum(np.prod(s) for s in self.kept_shapes)) * np.dtype(dtype).itemsize
+
+
+def keep_rows(feature_maps: Sequence[jax.Array], layout: FeatureLayout) -> list[jax.Array]:
+  """feature_maps: list of [B, h_l, w_l, C_l] -> list of [B, kept_l, w_l, C_l]."""
+  return [m[:, first:stop] for m, (first, stop) in zip(feature_maps, layout.kept_rows)]
+
+
+def device_tables(layout: FeatureLayout) -> list[dict[str, jax.Array]]:
+  """The layout's tables as arrays for jitted code: per map
+  {'row0', 'row1', 'row_w', 'col0', 'col1', 'col_w'}."""
+  out = []
+  for rows, cols in layout.tables():
+    out.append({'row0': jnp.asarray(rows.index0), 'row1': jnp.asarray(rows.index1),
+                'row_w': jnp.asarray(rows.weight1), 'col0': jnp.asarray(cols.index0),
+                'col1': jnp.asarray(cols.index1), 'col_w': jnp.asarray(cols.weight1)})
+  return out
+
+
+def pixel_features(stores: Sequence[jax.Array], tables: Sequence[dict[str, jax.Array]],
+                   image: jax.Array, y: jax.Array, x: jax.Array,
+                   dtype=jnp.float32) -> jax.Array:
+  """Feature vectors of chosen pixels, read from the kept native maps.
+
+  stores: per map [N, kept_l, w_l, C_l] (see `keep_rows`), any float dtype.
+  tables: `device_tables(layout)`.
+  image, y, x: integer arrays of one shape [...]: image index, output row (0 = first
+    cropped row) and column.
+  Returns [..., D] in `dtype`: the pixels' rows of the resized, concatenated, cropped maps.
+  """
+  parts = []
+  for store, t in zip(stores, tables):
+    _, kept, width, channels = store.shape
+    store = store.reshape(-1, channels)
+    row_base = image * kept
+    top = (row_base + t['row0'][y]) * width
+    bottom = (row_base + t['row1'][y]) * width
+    left, right = t['col0'][x], t['col1'][x]
+    wy = t['row_w'][y][..., None]
+    wx = t['col_w'][x][..., None]
+    corners = jnp.stack([top + left, top + right, bottom + left, bottom + right], axis=-1)
+    v = jnp.take(store, corners, axis=0, mode='clip').astype(dtype)  # [..., 4, C]
+    upper = (1 - wx) * v[..., 0, :] + wx * v[..., 1, :]
+    lower = (1 - wx) * v[..., 2, :] + wx * v[..., 3, :]
+    parts.append((1 - wy) * upper + wy * lower)
+  return jnp.concatenate(parts, axis=-1)
+
+
+def upsample(feature_map: jax.Array, table: tuple[AxisTable, AxisTable] | dict) -> jax.Array:
+  """One map's kept rows [B, kept, w, C] -> its resized, cropped map [B, H', W, C]
+  (the full tensor `pixel_features` avoids; for folding per-map results)."""
+  if isinstance(table, dict):
+    r0, r1, rw, c0, c1, cw = (table[k] for k in ('row0', 'row1', 'row_w', 'col0', 'col1', 'col_w'))
+  else:
+    rows, cols = table
+    r0, r1, rw = rows.index0, rows.index1, rows.weight1
+    c0, c1, cw = cols.index0, cols.index1, cols.weight1
+  x = feature_map
+  rw = jnp.asarray(rw, jnp.float32)[None, :, None, None]
+  x = (1 - rw) * jnp.take(x, r0, axis=1) + rw * jnp.take(x, r1, axis=1)
+  cw = jnp.asarray(cw, jnp.float32)[None, None, :, None]
+  return (1 - cw) * jnp.take(x, c0, axis=2) + cw * jnp.take(x, c1, axis=2)
