@@ -8,7 +8,7 @@ import ml_collections
 
 from dgan_jax.errors import InputError
 
-STAGES = ('sample', 'generate')
+STAGES = ('sample', 'train_interpreter', 'generate')
 
 
 def base() -> ml_collections.ConfigDict:
@@ -45,6 +45,9 @@ def base() -> ml_collections.ConfigDict:
   config.data.latents = ''              # latents of the annotated images ([N, 512] z)
   config.data.latent_kind = 'z'         # 'z' or 'w' for the latents file
   config.data.num_annotated = 16        # annotated images the interpreter trains on
+  # No annotator (tests, smoke runs): when annotation_dir holds no masks, label the sample
+  # stage's images by brightness (dgan_jax/data/synthetic.py) instead of failing.
+  config.data.synthetic_masks = False
   # (H, W) the generator image and its feature maps are resized to (bilinear) before
   # crop_rows; masks live at this size after cropping. Empty: the generator resolution.
   config.data.feature_size = ()
@@ -57,6 +60,19 @@ def base() -> ml_collections.ConfigDict:
   config.interpreter.num_members = 10   # ensemble size
   config.interpreter.batch_size = 64    # pixels per member per step
   config.interpreter.learning_rate = 1e-3
+  # Stopping: num_steps > 0 trains that many steps; 0 keeps the original's rule: after
+  # epoch patience_after_epoch, a member stops once its batch loss has not beaten its best
+  # for more than `patience` steps (at most max_epochs epochs).
+  config.interpreter.num_steps = 0
+  config.interpreter.patience = 50
+  config.interpreter.patience_after_epoch = 3
+  config.interpreter.max_epochs = 100
+  config.interpreter.checkpoint_every = 5000  # steps between orbax checkpoints (resume)
+  config.interpreter.log_every = 100          # steps between progress-bar updates
+  config.interpreter.feature_dtype = 'float32'  # stored native maps: or 'bfloat16' (half)
+  # Data parallelism over local devices: 'batch' splits each member's pixel batch,
+  # 'members' the ensemble; 'auto' takes members when they divide evenly.
+  config.interpreter.parallel = 'auto'
 
   config.sample = ml_collections.ConfigDict()
   config.sample.num_samples = 16        # images written for annotation
@@ -98,6 +114,12 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if config.generator.noise not in ('const', 'zero', 'per_sample'):
     raise InputError(f"config.generator.noise must be 'const', 'zero' or 'per_sample', "
                      f'got {config.generator.noise!r}')
+  if config.interpreter.feature_dtype not in ('float32', 'bfloat16'):
+    raise InputError(f"config.interpreter.feature_dtype must be 'float32' or 'bfloat16', "
+                     f'got {config.interpreter.feature_dtype!r}')
+  if config.interpreter.parallel not in ('auto', 'batch', 'members'):
+    raise InputError(f"config.interpreter.parallel must be 'auto', 'batch' or 'members', "
+                     f'got {config.interpreter.parallel!r}')
   if not 0 <= config.generate.drop_fraction < 1:
     raise InputError('config.generate.drop_fraction must be in [0, 1)')
   if not 0 < config.generate.top_fraction <= 1:

@@ -22,11 +22,14 @@ car crop that drops a quarter of the largest maps.
 """
 
 import dataclasses
-from typing import Sequence
+import functools
+import time
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 
 def bilinear_source(in_size: int, out_size: int, start: int = 0,
@@ -188,3 +191,45 @@ def upsample(feature_map: jax.Array, table: tuple[AxisTable, AxisTable] | dict) 
   x = (1 - rw) * jnp.take(x, r0, axis=1) + rw * jnp.take(x, r1, axis=1)
   cw = jnp.asarray(cw, jnp.float32)[None, None, :, None]
   return (1 - cw) * jnp.take(x, c0, axis=2) + cw * jnp.take(x, c1, axis=2)
+
+
+def image_layout(layout: FeatureLayout, resolution: int) -> FeatureLayout:
+  """The layout of the generator's RGB output (one 3-channel map), so images land on
+  the same grid as the features."""
+  return FeatureLayout.create([(resolution, resolution)], [3], layout.feature_size,
+                              layout.crop_rows)
+
+
+def extract_stores(synthesize: Callable[[int], tuple[jax.Array, Sequence[jax.Array]]],
+                   count: int, layout: FeatureLayout, dtype=jnp.float32,
+                   progress: bool = True) -> tuple[list[jax.Array], np.ndarray, float]:
+  """Runs the generator once per annotated image and keeps its native maps.
+
+  synthesize(i) -> (image [1, R, R, 3] in [-1, 1], feature maps list of [1, h_l, w_l, C_l]).
+  Returns (stores: per map [count, kept_l, w_l, C_l] in `dtype`, filled in place so only
+  one copy ever exists; images [count, H', W, 3] uint8 on the labelled grid; seconds per
+  image, the first (compiling) one excluded when there are several).
+  """
+  stores = [jnp.zeros((count,) + shape, dtype) for shape in layout.kept_shapes]
+
+  @functools.partial(jax.jit, donate_argnums=(0,))
+  def put(stores, index, maps):
+    return [s.at[index].set(m[0].astype(s.dtype))
+            for s, m in zip(stores, keep_rows(maps, layout))]
+
+  images = None
+  seconds = []
+  for i in tqdm(range(count), desc='features', unit='img', disable=not progress):
+    start = time.perf_counter()
+    image, maps = synthesize(i)
+    if images is None:
+      rgb_layout = image_layout(layout, image.shape[1])
+      rgb_tables = rgb_layout.tables()[0]
+      images = np.zeros((count,) + rgb_layout.output_shape + (3,), np.uint8)
+    stores = put(stores, i, list(maps))
+    rgb = upsample(keep_rows([jnp.asarray(image, jnp.float32)], rgb_layout)[0], rgb_tables)
+    images[i] = np.clip(np.floor(np.asarray(rgb[0]) * 127.5 + 128.0), 0, 255).astype(np.uint8)
+    jax.block_until_ready(stores)
+    seconds.append(time.perf_counter() - start)
+  per_image = float(np.mean(seconds[1:] if len(seconds) > 1 else seconds))
+  return stores, images, per_image

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
+from absl import logging as absl_logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
@@ -184,24 +185,22 @@ def predict(params: Params, batch_stats: Params, features: jax.Array) -> jax.Arr
 
 def save(directory: str, arch: InterpreterArch, params: Params, batch_stats: Params,
          info: dict | None = None) -> None:
-  """Writes `directory` atomically (a temporary sibling, then rename)."""
-  directory = os.path.abspath(directory)
-  tmp = directory + '.tmp'
-  os.makedirs(tmp, exist_ok=True)
+  """Writes `interpreter.json` and `params.npz` into `directory` (created if needed),
+  each under a temporary name first; `interpreter.json` last, so a directory that has
+  it holds a complete ensemble."""
+  os.makedirs(directory, exist_ok=True)
   flat = checkpoint_lib.flatten({'params': jax.device_get(params),
                                  'batch_stats': jax.device_get(batch_stats)})
-  np.savez(os.path.join(tmp, 'params.npz'), **{k: np.asarray(v, np.float32)
-                                               for k, v in flat.items()})
-  with open(os.path.join(tmp, 'interpreter.json'), 'w') as f:
+  checkpoint_lib.check_names_and_shapes(flat, arch.param_shapes(), directory)
+  params_path = os.path.join(directory, 'params.npz')
+  with open(params_path + '.partial', 'wb') as f:
+    np.savez(f, **{k: np.asarray(v, np.float32) for k, v in flat.items()})
+  os.replace(params_path + '.partial', params_path)
+  meta_path = os.path.join(directory, 'interpreter.json')
+  with open(meta_path + '.partial', 'w') as f:
     json.dump({'format': FORMAT, 'format_version': FORMAT_VERSION, 'arch': arch.to_json(),
                **(info or {})}, f, indent=2)
-  if os.path.exists(directory):
-    os.rename(directory, directory + '.old')
-    os.rename(tmp, directory)
-    import shutil  # pylint: disable=import-outside-toplevel
-    shutil.rmtree(directory + '.old')
-  else:
-    os.rename(tmp, directory)
+  os.replace(meta_path + '.partial', meta_path)
 
 
 def load(directory: str) -> tuple[InterpreterArch, Params, Params, dict]:
@@ -425,6 +424,15 @@ def train(data: TrainData, arch: InterpreterArch, options: TrainOptions, seed: i
   'pixels_per_second': member-pixels trained per second over this run's steps after the
   first (compilation) one.
   """
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(min(verbosity, absl_logging.WARNING))  # orbax logs every save
+  try:
+    return _train(data, arch, options, seed, checkpoint_dir, mesh, progress, stop_after)
+  finally:
+    absl_logging.set_verbosity(verbosity)
+
+
+def _train(data, arch, options, seed, checkpoint_dir, mesh, progress, stop_after):
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   _keep_freed_memory()
   mesh = mesh or make_mesh()
@@ -457,7 +465,7 @@ def train(data: TrainData, arch: InterpreterArch, options: TrainOptions, seed: i
           lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
           state_shardings)
       state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
-      logging.info('interpreter: resumed at step %d', int(state['step']))
+      tqdm.write(f'interpreter: resumed at step {int(state["step"])} from {checkpoint_dir}')
 
   permutation_sharding = NamedSharding(mesh, P(None, *_batch_spec(parallel)))
   steps = {freeze: _make_train_step(arch, options, data.layout, mesh, parallel,

@@ -3,13 +3,17 @@ workdir, writes its own folder under a temporary name and renames it when comple
 and is skipped when that folder already exists."""
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from PIL import Image
 from tqdm import tqdm
 
 from dgan_jax import factory as factory_lib
@@ -19,7 +23,9 @@ from dgan_jax import generators
 from dgan_jax import interpreter
 from dgan_jax import latents
 from dgan_jax import parallel
+from dgan_jax.data import annotations
 from dgan_jax.data import images as image_utils
+from dgan_jax.data import synthetic
 
 
 @contextlib.contextmanager
@@ -96,6 +102,131 @@ def feature_layout(g, data_config) -> features_lib.FeatureLayout:
       data_config.feature_size, data_config.crop_rows)
 
 
+def _annotation_dir(config, workdir: str, shape: tuple[int, int]) -> str:
+  """config.data.annotation_dir, else the sample stage's folder; with synthetic_masks and
+  no masks there, a brightness-labelled copy (workdir/annotate_synthetic)."""
+  annotation_dir = config.data.annotation_dir or os.path.join(workdir, 'annotate')
+  if config.data.synthetic_masks:
+    fmt = annotations.detect_format(annotation_dir) if os.path.isdir(annotation_dir) else 'plain'
+    if not os.path.exists(annotations.mask_path(annotation_dir, 0, fmt)):
+      annotation_dir = synthetic.write_annotations(
+          annotation_dir, os.path.join(workdir, 'annotate_synthetic'),
+          config.data.num_annotated, config.data.num_classes, shape)
+      logging.info('train_interpreter: no masks; labelled the samples by brightness in %s',
+                   annotation_dir)
+  return annotation_dir
+
+
+def _check_image(annotated: list, regenerated: np.ndarray, masks: np.ndarray,
+                 palette: np.ndarray) -> np.ndarray:
+  """One row per annotated image: the annotated image | the regenerated one | the mask."""
+  tiles = []
+  height, width = masks.shape[1:]
+  for picture, image, mask in zip(annotated, regenerated, masks):
+    if picture is None:
+      picture = np.full((height, width, 3), 128, np.uint8)
+    elif picture.shape[:2] != (height, width):
+      picture = np.asarray(Image.fromarray(picture).resize((width, height), Image.BILINEAR))
+    tiles += [picture, image, image_utils.colorize(mask, palette)]
+  return image_utils.grid(np.stack(tiles), columns=3)
+
+
+def train_interpreter(config, workdir: str) -> None:
+  """DatasetGAN's train_interpreter: the pixel-classifier ensemble on the annotations.
+
+  Reads the annotation folder (config.data.annotation_dir, else workdir/annotate with the
+  user's mask_{i}.png), regenerates each annotated image from its latent, keeps its
+  native feature maps and trains every member at once (dgan_jax/interpreter.py).
+  Writes workdir/interpreter/: interpreter.json + params.npz (the ensemble,
+  `interpreter.load`), check.png (annotated | regenerated | mask, written before
+  training starts, in interpreter.partial/ until the stage completes), history.npz and
+  info.json. An interrupted run resumes from the orbax checkpoints in
+  interpreter.partial/checkpoints.
+  """
+  out = os.path.join(workdir, 'interpreter')
+  if os.path.exists(os.path.join(out, 'interpreter.json')):
+    logging.info('train_interpreter: %s exists, skipping', out)
+    return
+  g = generators.from_config(config.generator, config.seed)
+  layout = feature_layout(g, config.data)
+  annotation_dir = _annotation_dir(config, workdir, layout.output_shape)
+  annotated = annotations.load(annotation_dir, config.data, g.num_ws, layout.output_shape)
+  count = len(annotated['masks'])
+
+  psi, cutoff = config.generator.truncation_psi, config.generator.truncation_cutoff
+  kind = config.data.latent_kind
+
+  def synthesize(i):
+    latent = annotated['latents'][i:i + 1]
+    w = g.truncate(g.map(latent), psi, cutoff) if kind == 'z' else latent
+    noise = config.generator.noise
+    if noise == 'per_sample':
+      noise = jax.vmap(lambda k: latents.sample_key(config.seed, latents.NOISE_STREAM, k))(
+          jnp.asarray([i]))
+    return g.synthesize(w, noise=noise)
+
+  partial = out + '.partial'
+  os.makedirs(partial, exist_ok=True)
+  feature_dtype = jnp.dtype(config.interpreter.feature_dtype)
+  stores, regenerated, seconds_per_image = features_lib.extract_stores(
+      synthesize, count, layout, feature_dtype)
+  palette = image_utils.palette_array(config.data.num_classes, config.data.palette)
+  check_path = os.path.join(partial, 'check.png')
+  image_utils.save_png(check_path, _check_image(annotated['images'], regenerated,
+                                                annotated['masks'], palette))
+  logging.info('train_interpreter: %d annotated images from %s (%s format); compare them '
+               'with their regenerated images in %s', count, annotation_dir,
+               annotated['format'], check_path)
+
+  arch = interpreter.InterpreterArch(feature_dim=layout.dim,
+                                     num_classes=config.data.num_classes,
+                                     num_members=config.interpreter.num_members)
+  options = interpreter.TrainOptions.from_config(config.interpreter)
+  run = {'arch': arch.to_json(), 'options': dataclasses.asdict(options), 'seed': config.seed,
+         'layout': dataclasses.asdict(layout), 'feature_dtype': feature_dtype.name,
+         'annotation_dir': os.path.abspath(annotation_dir),
+         'latents': os.path.abspath(annotated['latents_path']), 'num_annotated': count}
+  run = json.loads(json.dumps(run))
+  run_path = os.path.join(partial, 'run.json')
+  checkpoints = os.path.join(partial, 'checkpoints')
+  if os.path.exists(run_path):
+    with open(run_path) as f:
+      if json.load(f) != run:
+        logging.warning('train_interpreter: the config changed since %s was written; '
+                        'starting over', run_path)
+        shutil.rmtree(checkpoints, ignore_errors=True)
+  with open(run_path, 'w') as f:
+    json.dump(run, f, indent=2)
+
+  data = interpreter.TrainData(stores, jnp.asarray(annotated['masks']), layout)
+  start = time.time()
+  state = interpreter.train(data, arch, options, config.seed, checkpoint_dir=checkpoints)
+  history = state['history']
+  info = {'layout': run['layout'], 'num_annotated': count, 'format': annotated['format'],
+          'annotation_dir': run['annotation_dir'], 'steps': int(state['step']),
+          'stopped_by_rule': [bool(not a) for a in state['active']],
+          'best_loss': [float(x) if np.isfinite(x) else None for x in state['best_loss']],
+          'last_loss': [float(x) for x in history['loss'][-1]] if len(history['step']) else [],
+          'last_accuracy': ([float(x) for x in history['accuracy'][-1]]
+                            if len(history['step']) else []),
+          'pixels_per_second': round(float(state['pixels_per_second']), 1),
+          'feature_seconds_per_image': round(seconds_per_image, 3),
+          'feature_megabytes': round(layout.bytes_per_image(feature_dtype) * count / 2**20, 1),
+          'train_seconds': round(time.time() - start, 2)}
+  np.savez(os.path.join(partial, 'history.npz'), **history)
+  with open(os.path.join(partial, 'info.json'), 'w') as f:
+    json.dump(info, f, indent=2)
+  interpreter.save(partial, arch, state['params'], state['batch_stats'],
+                   {'layout': run['layout'], 'class_names': list(config.data.class_names),
+                    'steps': info['steps']})
+  shutil.rmtree(checkpoints, ignore_errors=True)
+  if os.path.exists(out):
+    shutil.rmtree(out)
+  os.rename(partial, out)
+  logging.info('train_interpreter: %d members, %d steps, wrote %s', arch.num_members,
+               info['steps'], out)
+
+
 def generate(config, workdir: str) -> None:
   """Labels config.generate.num_samples new samples with the trained interpreter and keeps
   the most certain as a TFDS dataset in workdir/dataset/ (see dgan_jax/generate.py)."""
@@ -117,4 +248,5 @@ def generate(config, workdir: str) -> None:
   generate_lib.run(config, step, workdir, process_index, process_count)
 
 
-STAGE_FUNCTIONS = {'sample': sample, 'generate': generate}
+STAGE_FUNCTIONS = {'sample': sample, 'train_interpreter': train_interpreter,
+                   'generate': generate}
