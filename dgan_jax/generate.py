@@ -131,8 +131,8 @@ def _preview(features, shards, kept_mask, scores, palette, count: int) -> np.nda
     for record in tfds_writer.read_records(shard):
       if position in wanted:
         example = features.deserialize_example_np(record)
-        pair = np.concatenate([example['image'],
-                               image_utils.colorize(example['label'], palette)], axis=1)
+        pair = image_utils.enlarge(np.concatenate(
+            [example['image'], image_utils.colorize(example['label'], palette)], axis=1))
         color = (40, 180, 40) if kept_mask[position] else (220, 30, 30)
         tiles.append(np.pad(pair, ((3, 3), (3, 3), (0, 0)), mode='constant',
                             constant_values=0))

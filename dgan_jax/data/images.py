@@ -49,6 +49,13 @@ def grid(images: np.ndarray, columns: int, pad: int = 2, pad_value: int = 0) -> 
   return out
 
 
+def enlarge(image: np.ndarray, min_height: int = 96) -> np.ndarray:
+  """[H, W, ...] -> repeated by the smallest integer factor making it min_height tall
+  (nearest neighbour, so small test-size previews stay readable)."""
+  factor = max(1, -(-min_height // image.shape[0]))
+  return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+
+
 def save_png(path: str, image: np.ndarray) -> None:
   """Writes atomically (temporary name, then rename)."""
   tmp = f'{path}.tmp.png'
