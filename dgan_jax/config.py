@@ -8,7 +8,7 @@ import ml_collections
 
 from dgan_jax.errors import InputError
 
-STAGES = ('sample', 'train_interpreter', 'generate')
+STAGES = ('sample', 'train_interpreter', 'generate', 'train_downstream', 'evaluate')
 
 
 def base() -> ml_collections.ConfigDict:
@@ -88,6 +88,41 @@ def base() -> ml_collections.ConfigDict:
   config.generate.preview_count = 16
   config.generate.keep_raw = True       # keep raw shards (resume, extend num_samples)
   config.generate.dataset_name = 'datasetgan'
+
+  # DeepLabV3 trained on the synthetic dataset and, as the few-shot baseline, on the
+  # annotated images alone (dgan_jax/downstream/). Defaults: DatasetGAN's train_deeplab.py.
+  config.downstream = ml_collections.ConfigDict()
+  config.downstream.runs = ('synthetic', 'few_shot')  # networks trained and evaluated
+  config.downstream.stage_sizes = (3, 4, 23, 3)  # bottleneck blocks per stage: ResNet-101
+  config.downstream.width = 64          # stem channels; stage i has width * 2**i planes
+  config.downstream.output_stride = 8   # later stages dilate instead of striding
+  config.downstream.aspp_rates = (12, 24, 36)
+  config.downstream.aspp_channels = 256
+  config.downstream.pretrained_backbone = ''  # `convert_weights resnet` output; '' = none
+  config.downstream.resolution = 512    # images and labels resized to this square
+  config.downstream.batch_size = 8      # global, split over all devices
+  config.downstream.epochs = 20         # one checkpoint per epoch; evaluation picks one
+  config.downstream.learning_rate = 1e-3  # Adam
+  # Augmentation (DeepLabV3's: random scale 0.5..2 and flip; DatasetGAN's script has none:
+  # flip=False, scale_range=(1, 1) reproduces it).
+  config.downstream.flip = True
+  config.downstream.scale_range = (0.5, 2.0)
+  config.downstream.steps_per_epoch = 0  # synthetic run; 0: floor(kept images / batch)
+  # Few-shot run: 0 gives it the synthetic run's steps per epoch (as many updates).
+  config.downstream.few_shot_steps_per_epoch = 0
+  config.downstream.dtype = 'float32'   # or 'bfloat16' on accelerators
+  config.downstream.log_every = 10      # steps between progress-bar updates
+  config.downstream.workers = 4         # threads reading and augmenting examples
+
+  # Real annotated test images: 5-fold cross-validation over the epoch checkpoints.
+  config.evaluate = ml_collections.ConfigDict()
+  config.evaluate.test_dir = ''         # images + .npy masks with matching sorted names
+  config.evaluate.num_folds = 5
+  config.evaluate.batch_size = 8
+  config.evaluate.preview_count = 16    # test images shown per fold in eval/*.png
+  # Smoke runs with no test_dir: this many fresh samples labelled by brightness stand in
+  # for real test images (workdir/test_synthetic/); 0 = test_dir is required.
+  config.evaluate.synthetic_test_images = 0
 
   # Several hosts: jax.distributed.initialize(coordinator_address, num_processes,
   # process_id) when num_processes > 1 (or the environment of a TPU/SLURM job asks).

@@ -26,6 +26,7 @@ from dgan_jax import parallel
 from dgan_jax.data import annotations
 from dgan_jax.data import images as image_utils
 from dgan_jax.data import synthetic
+from dgan_jax.downstream import run as downstream_run
 
 
 @contextlib.contextmanager
@@ -249,4 +250,6 @@ def generate(config, workdir: str) -> None:
 
 
 STAGE_FUNCTIONS = {'sample': sample, 'train_interpreter': train_interpreter,
-                   'generate': generate}
+                   'generate': generate,
+                   'train_downstream': downstream_run.train_downstream,  # downstream/run.py
+                   'evaluate': downstream_run.evaluate}

@@ -1,0 +1,248 @@
+"""The `train_downstream` and `evaluate` stages: config and workdir -> the modules.
+
+Two runs share one network, one recipe and one evaluation (config.downstream.runs):
+  synthetic  trained on the `generate` stage's dataset (workdir/dataset, split 'train')
+  few_shot   trained on the num_annotated annotated images alone (DatasetGAN's Table 1
+             compares the two), with the same augmentation, epochs and steps per epoch
+
+With config.data.eval_class_map (ADE-Car-12) the training labels are mapped to the test
+classes before training, so both networks predict the test classes directly.
+
+  workdir/downstream/{run}/   see dgan_jax/downstream/train.py
+  workdir/eval.json           the evaluation record (see `evaluate`)
+  workdir/eval/               test_set.png, {run}_fold{k}.png, table.txt
+"""
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+from dgan_jax import parallel
+from dgan_jax.data import images as image_utils
+from dgan_jax.downstream import data as data_lib
+from dgan_jax.downstream import deeplab
+from dgan_jax.downstream import evaluate as evaluate_lib
+from dgan_jax.downstream import metrics
+from dgan_jax.downstream import train as train_lib
+from dgan_jax.errors import InputError
+
+RUNS = ('synthetic', 'few_shot')
+STAND_IN_FIRST_INDEX = 2 ** 31
+
+
+def class_setup(config) -> tuple[tuple[str, ...], np.ndarray | None, np.ndarray]:
+  """-> (names of the classes the networks predict, lookup table training id -> that
+  class or None, palette [C, 3])."""
+  data = config.data
+  if data.eval_class_map:
+    if len(data.eval_class_map) != data.num_classes:
+      raise InputError(f'config.data.eval_class_map has {len(data.eval_class_map)} entries but '
+                       f'config.data.num_classes is {data.num_classes}')
+    names = tuple(data.eval_class_names)
+    if not names or max(data.eval_class_map) >= len(names) or min(data.eval_class_map) < 0:
+      raise InputError('config.data.eval_class_map must map every training class to an index '
+                       'of config.data.eval_class_names')
+    return (names, data_lib.class_lookup(data.eval_class_map, data.num_classes),
+            image_utils.palette_array(len(names)))
+  names = tuple(data.class_names)
+  return names, None, image_utils.palette_array(len(names), data.palette)
+
+
+def arch_from_config(config, num_classes: int) -> deeplab.DeepLabArch:
+  d = config.downstream
+  try:
+    return deeplab.DeepLabArch(num_classes=num_classes, stage_sizes=tuple(d.stage_sizes),
+                               width=d.width, output_stride=d.output_stride,
+                               aspp_rates=tuple(d.aspp_rates), aspp_channels=d.aspp_channels)
+  except ValueError as e:
+    raise InputError(f'config.downstream: {e}') from None
+
+
+def selected_runs(config) -> list[str]:
+  runs = [r.strip() for r in config.downstream.runs if r.strip()]
+  unknown = [r for r in runs if r not in RUNS]
+  if unknown or not runs:
+    raise InputError(f'config.downstream.runs: {unknown or "(empty)"}; known: {list(RUNS)}')
+  return runs
+
+
+def annotation_dir(config, workdir: str) -> str:
+  """The annotated images the interpreter learned from: config.data.annotation_dir, or
+  the folder the train_interpreter stage recorded in workdir/interpreter/info.json (the
+  stand-in masks of smoke runs live elsewhere), or workdir/annotate."""
+  if config.data.annotation_dir:
+    return config.data.annotation_dir
+  record = os.path.join(workdir, 'interpreter', 'info.json')
+  if os.path.isfile(record):
+    with open(record) as f:
+      recorded = json.load(f).get('annotation_dir')
+    if recorded:
+      return recorded
+  return os.path.join(workdir, 'annotate')
+
+
+def stand_in_test_dir(config, workdir: str, num_classes: int) -> str:
+  """Smoke runs without real test images (config.evaluate.synthetic_test_images > 0 and
+  no test_dir): that many fresh generator samples (sample ids from STAND_IN_FIRST_INDEX
+  on, never in the synthetic dataset) labelled by brightness (dgan_jax/data/synthetic.py)
+  as the train_interpreter stage's stand-in annotations are, written once in the test
+  folder format to workdir/test_synthetic/."""
+  out = os.path.join(workdir, 'test_synthetic')
+  if os.path.isdir(out):
+    return out
+  from dgan_jax import generators  # pylint: disable=import-outside-toplevel
+  from dgan_jax import latents  # pylint: disable=import-outside-toplevel
+  from dgan_jax import stages  # pylint: disable=import-outside-toplevel
+  from dgan_jax.data import synthetic  # pylint: disable=import-outside-toplevel
+  count = config.evaluate.synthetic_test_images
+  g = generators.from_config(config.generator, config.seed)
+  z = np.asarray(latents.sample_z(config.seed, STAND_IN_FIRST_INDEX + np.arange(count),
+                                  g.arch.latent_size))
+  images = np.concatenate([stages.generate_images(g, config, z[i:i + 8])
+                           for i in range(0, count, 8)])
+  masks = synthetic.brightness_masks(images, num_classes)
+  with stages.atomic_dir(out) as tmp:
+    for i, (image, mask) in enumerate(zip(images, masks)):
+      image_utils.save_png(os.path.join(tmp, f'{i:05d}.png'), image)
+      np.save(os.path.join(tmp, f'{i:05d}.npy'), mask)
+  logging.info('evaluate: no config.evaluate.test_dir; %d brightness-labelled samples in %s '
+               'stand in for real test images', count, out)
+  return out
+
+
+def train_options(config, steps_per_epoch: int = 0) -> train_lib.TrainOptions:
+  d = config.downstream
+  if d.dtype not in train_lib.DTYPES:
+    raise InputError(f'config.downstream.dtype must be one of {list(train_lib.DTYPES)}, '
+                     f'got {d.dtype!r}')
+  low, high = d.scale_range
+  if not 0 < low <= high:
+    raise InputError(f'config.downstream.scale_range must be (low, high) with 0 < low <= '
+                     f'high, got {tuple(d.scale_range)}')
+  return train_lib.TrainOptions(
+      batch_size=d.batch_size, epochs=d.epochs, learning_rate=d.learning_rate,
+      resolution=d.resolution, flip=d.flip, scale_range=(float(low), float(high)),
+      steps_per_epoch=steps_per_epoch, pretrained_backbone=d.pretrained_backbone,
+      dtype=d.dtype, log_every=d.log_every, workers=d.workers)
+
+
+def _synthetic_source(config, workdir, lookup):
+  return data_lib.SyntheticSource(os.path.join(workdir, 'dataset'), lookup)
+
+
+def train_downstream(config, workdir: str) -> None:
+  """Trains every run of config.downstream.runs that has no train.json yet."""
+  runs = selected_runs(config)
+  names, lookup, palette = class_setup(config)
+  if len(names) > 255:
+    raise InputError(f'{len(names)} classes: the downstream pipeline keeps labels in uint8 '
+                     '(at most 255 classes)')
+  arch = arch_from_config(config, len(names))
+  parallel.initialize(config.distributed)
+  d = config.downstream
+  for run in runs:
+    run_dir = os.path.join(workdir, 'downstream', run)
+    if train_lib.is_complete(run_dir):
+      logging.info('train_downstream: %s is complete, skipping', run_dir)
+      continue
+    if run == 'synthetic':
+      source = _synthetic_source(config, workdir, lookup)
+      steps = d.steps_per_epoch
+      description = f'synthetic dataset: {len(source)} images'
+    else:
+      folder = annotation_dir(config, workdir)
+      source = data_lib.apply_lookup(
+          data_lib.read_annotated(folder, config.data.num_annotated, config.data.num_classes),
+          lookup)
+      steps = d.few_shot_steps_per_epoch
+      if not steps:  # as many updates per epoch as the synthetic run
+        steps = d.steps_per_epoch or len(_synthetic_source(config, workdir, None)) // d.batch_size
+      description = f'{len(source)} annotated images ({folder})'
+    start = time.time()
+    record = train_lib.train(arch, source, train_options(config, steps), config.seed, run_dir,
+                             palette=palette, description=description)
+    logging.info('train_downstream: %s done in %.1f s (%s)', run, time.time() - start,
+                 record and record['description'])
+
+
+def evaluate(config, workdir: str) -> None:
+  """Scores every run on config.evaluate.test_dir; writes workdir/eval.json and eval/.
+
+  eval.json: {'protocol': how the numbers are made, 'classes', 'test_images' (sorted
+  names), 'runs': {run: {'trained_on', 'num_train_images', 'miou_mean', 'miou_std',
+  'miou_absent_as_zero_mean', 'folds': [...], 'class_iou': {name: {'mean', 'std',
+  'folds'} or null}, 'all_images_miou_per_epoch'}}, 'seconds'}.
+  """
+  out_json = os.path.join(workdir, 'eval.json')
+  if os.path.exists(out_json):
+    logging.info('evaluate: %s exists, skipping', out_json)
+    return
+  if jax.process_index() != 0:
+    return
+  runs = selected_runs(config)
+  names, _, palette = class_setup(config)
+  arch = arch_from_config(config, len(names))
+  ev, d = config.evaluate, config.downstream
+  start = time.time()
+  test_dir = ev.test_dir
+  if not test_dir and ev.synthetic_test_images:
+    test_dir = stand_in_test_dir(config, workdir, len(names))
+  test = data_lib.read_test_folder(test_dir, len(names), d.resolution)
+  metrics.fold_splits(len(test.names), ev.num_folds)  # enough images?
+  for run in runs:
+    if not train_lib.is_complete(os.path.join(workdir, 'downstream', run)):
+      raise InputError(f'{os.path.join(workdir, "downstream", run)}: training is not complete '
+                       '(run the train_downstream stage first)')
+  from dgan_jax.stages import atomic_dir  # pylint: disable=import-outside-toplevel
+  results = {}
+  with atomic_dir(os.path.join(workdir, 'eval')) as tmp:
+    image_utils.save_png(os.path.join(tmp, 'test_set.png'), train_lib.preview_batch(
+        test.images[:ev.preview_count], test.labels[:ev.preview_count], palette))
+    for run in runs:
+      run_dir = os.path.join(workdir, 'downstream', run)
+      with open(os.path.join(run_dir, 'train.json')) as f:
+        trained = json.load(f)
+      epochs, intersections, unions = evaluate_lib.score_epochs(
+          arch, run_dir, test, ev.batch_size, dtype=d.dtype, description=run)
+      cross = metrics.cross_validate(intersections, unions, ev.num_folds)
+      record = evaluate_lib.summarize(cross, epochs, intersections, unions, names,
+                                      test.names)
+      results[run] = {'trained_on': trained['description'],
+                      'num_train_images': trained['num_examples'],
+                      'epochs': trained['epochs'], 'steps_per_epoch': trained['steps_per_epoch'],
+                      **record}
+      grids = evaluate_lib.fold_previews(arch, run_dir, test, cross['folds'], epochs, palette,
+                                         ev.preview_count, ev.batch_size, dtype=d.dtype)
+      for k, grid in enumerate(grids):
+        image_utils.save_png(os.path.join(tmp, f'{run}_fold{k}.png'), grid)
+    table = evaluate_lib.format_table(names, results)
+    with open(os.path.join(tmp, 'table.txt'), 'w') as f:
+      f.write(table + '\n')
+  size = len(test.names) // ev.num_folds
+  record = {
+      'protocol': {
+          'test_dir': os.path.abspath(test_dir), 'num_test_images': len(test.names),
+          'stand_in_test_images': not ev.test_dir,
+          'num_folds': ev.num_folds, 'fold_size': size,
+          'description': (
+              f'test images in sorted order cut into {ev.num_folds} folds of {size}; per '
+              'fold the epoch checkpoint with the best mIoU on the fold is scored on the '
+              'other images; mean and std (ddof 0) over folds'),
+          'miou': ('per-class IoU from intersections and unions summed over the images; '
+                   'mean over the classes present in prediction or ground truth (a class '
+                   'absent from both is left out; *_absent_as_zero counts it as 0, as '
+                   "DatasetGAN's script does)"),
+          'resolution': d.resolution, 'ignore_label': metrics.IGNORE_LABEL,
+          'class_map': list(config.data.eval_class_map) or None},
+      'classes': list(names), 'test_images': test.names, 'runs': results,
+      'seconds': round(time.time() - start, 2)}
+  tmp_json = out_json + '.partial'
+  with open(tmp_json, 'w') as f:
+    json.dump(record, f, indent=2)
+  os.replace(tmp_json, out_json)
+  print(table)
+  logging.info('evaluate: wrote %s', out_json)
