@@ -9,6 +9,19 @@ python -m convert_weights biggan SRC DST [--config config.json] [--bn-eps E] [--
 SRC: BigGAN-PyTorch's generator state dict (BigDatasetGAN's `biggan-512.pth`), or a
 pytorch-pretrained-biggan BigGAN-deep `pytorch_model.bin` (or its directory, with
 `config.json`). The layout is detected from the keys; spectral norm is folded.
+
+python -m convert_weights interpreter SRC DST
+
+SRC: a folder of DatasetGAN's trained interpreter members `model_{i}.pth` (or a
+comma-separated list of files). DST: one stacked ensemble `dgan_jax.interpreter.load(DST)`
+opens (as the train_interpreter stage writes to workdir/interpreter).
+
+python -m convert_weights resnet SRC DST [--aspp-rates 12,24,36]
+
+SRC: a torchvision bottleneck ResNet state dict (resnet50/101/152; `fc` dropped), for
+config.downstream.pretrained_backbone, or a torchvision deeplabv3_resnet* state dict
+(DatasetGAN's `deeplab_epoch_*.pth`), the whole network. DST: a directory that
+`dgan_jax.downstream.deeplab.load_converted(DST)` reads.
 """
 
 import argparse
@@ -38,6 +51,17 @@ def main(argv=None) -> int:
                    help='batch-norm epsilon (default 1e-4, or the config.json value)')
   big.add_argument('--sn-eps', type=float, default=1e-4,
                    help='BigGAN-PyTorch SN_eps of the folded power iteration (default 1e-4)')
+  interp = formats.add_parser('interpreter', help="DatasetGAN's model_{i}.pth pixel "
+                              'classifiers -> one stacked ensemble')
+  interp.add_argument('src', help='folder with model_0.pth, model_1.pth, ... or a '
+                      'comma-separated list of .pth files')
+  interp.add_argument('dst')
+  res = formats.add_parser('resnet', help='torchvision ResNet (DeepLab backbone) or '
+                          'DeepLabV3 state dict')
+  res.add_argument('src')
+  res.add_argument('dst')
+  res.add_argument('--aspp-rates', help='DeepLabV3 only: comma-separated ASPP dilation '
+                   "rates (weights do not store them; default torchvision's 12,24,36)")
   args = parser.parse_args(argv)
   try:
     if args.format == 'stylegan1':
@@ -47,6 +71,20 @@ def main(argv=None) -> int:
       from convert_weights import biggan  # pylint: disable=import-outside-toplevel
       info = biggan.convert(args.src, args.dst, args.config, args.bn_eps, args.sn_eps)
       print(f'wrote {args.dst} ({info["source_format"]}; {info["summary"]})')
+      return 0
+    elif args.format == 'interpreter':
+      from convert_weights import interpreter  # pylint: disable=import-outside-toplevel
+      info = interpreter.convert(args.src, args.dst)
+      print(f'wrote {args.dst} ({info["members"]} members, {info["feature_dim"]} features, '
+            f'{info["num_classes"]} classes)')
+      return 0
+    elif args.format == 'resnet':
+      from convert_weights import resnet  # pylint: disable=import-outside-toplevel
+      rates = tuple(int(r) for r in args.aspp_rates.split(',')) if args.aspp_rates else None
+      info = resnet.convert(args.src, args.dst, rates)
+      arch = info['arch']
+      print(f'wrote {args.dst} ({info["contains"]}: stage_sizes {tuple(arch["stage_sizes"])}, '
+            f'width {arch["width"]}; dropped {len(info["dropped"])} keys)')
       return 0
   except CheckpointError as e:
     print(f'error: {e}', file=sys.stderr)

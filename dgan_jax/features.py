@@ -44,8 +44,8 @@ def bilinear_source(in_size: int, out_size: int, start: int = 0,
   positions = np.arange(start, stop, dtype=np.float64)
   source = np.maximum((positions + 0.5) * (in_size / out_size) - 0.5, 0.0)
   index0 = np.minimum(np.floor(source).astype(np.int64), in_size - 1)
-  index1 = np.minimum(index0 + 1, in_size - 1)
   weight1 = source - index0
+  index1 = np.where(weight1 > 0, np.minimum(index0 + 1, in_size - 1), index0)  # no 0-weight reads
   return index0.astype(np.int32), index1.astype(np.int32), weight1.astype(np.float32)
 
 

@@ -420,7 +420,8 @@ def train(data: TrainData, arch: InterpreterArch, options: TrainOptions, seed: i
   the original's stopping rule, or options.max_epochs epochs. `stop_after` ends the run
   after that many steps in total, as an interruption would (tests, benchmarks).
   Returns the final training state (see `init_state`, on the host) plus 'history': the
-  step, per-member loss and accuracy of every log_every-th step of this run, and
+  step, per-member loss, accuracy and whether the member trained, of every log_every-th
+  step of this run (and of the last), and
   'pixels_per_second': member-pixels trained per second over this run's steps after the
   first (compilation) one.
   """
@@ -474,7 +475,7 @@ def _train(data, arch, options, seed, checkpoint_dir, mesh, progress, stop_after
 
   step = int(state['step'])
   first_step = step
-  history = {'step': [], 'loss': [], 'accuracy': []}
+  history = {'step': [], 'loss': [], 'accuracy': [], 'active': []}
   permutation, permutation_epoch = None, None
   active = np.asarray(jax.device_get(state['active']))
   bar = tqdm(total=total_steps, initial=step, desc='interpreter', unit='step',
@@ -510,6 +511,7 @@ def _train(data, arch, options, seed, checkpoint_dir, mesh, progress, stop_after
       history['step'].append(step)
       history['loss'].append(metrics['loss'])
       history['accuracy'].append(metrics['accuracy'])
+      history['active'].append(trained)
       bar.set_postfix(loss=f'{metrics["loss"][trained].mean():.4f}',
                       acc=f'{100 * metrics["accuracy"][trained].mean():.1f}%',
                       members=int(active.sum()),

@@ -1,0 +1,95 @@
+"""The train_interpreter stage end to end on configs/test.py."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO
+from dgan_jax import interpreter
+from dgan_jax.data import annotations
+
+
+def run_main(*args):
+  return subprocess.run([sys.executable, '-m', 'dgan_jax.main', '--config=configs/test.py',
+                         *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """sample + train_interpreter with the test config's synthetic (brightness) masks."""
+  workdir = tmp_path_factory.mktemp('stage') / 'work'
+  result = run_main(f'--workdir={workdir}', '--stages=sample,train_interpreter')
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+def test_stage_trains_and_writes_the_ensemble(trained):
+  out = trained / 'interpreter'
+  assert not (trained / 'interpreter.partial').exists()
+  arch, params, _, meta = interpreter.load(str(out))
+  assert (arch.num_members, arch.num_classes) == (3, 3)
+  assert arch.feature_dim == 2 * (32 + 32 + 16 + 8)  # the 32 px test generator's maps
+  assert params['linear0']['weight'].shape == (3, 176, 128)
+  assert meta['layout']['crop_rows'] == [4, 28]
+  info = json.loads((out / 'info.json').read_text())
+  assert info['steps'] == 150 and info['format'] == 'plain'
+  assert info['annotation_dir'].endswith('annotate_synthetic')
+  # Three balanced brightness bands: chance is 1/3; the features make them learnable.
+  assert min(info['last_accuracy']) > 0.6
+  history = np.load(out / 'history.npz')
+  assert history['loss'][-1].mean() < history['loss'][0].mean()
+  # The check image: 4 rows of (annotated | regenerated | mask), 24x32 tiles.
+  check = np.asarray(Image.open(out / 'check.png'))
+  assert check.shape == (2 + 4 * 26, 2 + 3 * 34, 3)
+  annotated = check[2:26, 2:34].astype(int)
+  regenerated = check[2:26, 36:68].astype(int)
+  assert np.abs(annotated - regenerated).max() <= 1  # latents and images line up
+  assert not (out / 'checkpoints').exists()
+  # A finished stage is skipped.
+  mtime = os.path.getmtime(out / 'params.npz')
+  assert run_main(f'--workdir={trained}', '--stages=train_interpreter').returncode == 0
+  assert os.path.getmtime(out / 'params.npz') == mtime
+
+
+def test_stage_with_a_user_annotation_folder(trained, tmp_path):
+  """Plain-format masks beside the sample stage's files, passed on the command line."""
+  folder = tmp_path / 'labels'
+  shutil.copytree(trained / 'annotate', folder)
+  for i in range(4):
+    red = np.asarray(Image.open(folder / f'image_{i}.png'))[..., 0]
+    Image.fromarray((red > 128).astype(np.uint8) * 2, mode='L').save(folder / f'mask_{i}.png')
+  workdir = tmp_path / 'work'
+  shutil.copytree(trained / 'annotate', workdir / 'annotate')
+  result = run_main(f'--workdir={workdir}', '--stages=train_interpreter',
+                    f'--config.data.annotation_dir={folder}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  info = json.loads((workdir / 'interpreter' / 'info.json').read_text())
+  assert info['annotation_dir'] == str(folder)
+  assert not (workdir / 'annotate_synthetic').exists()
+  masks = annotations.load(str(folder), _config().data, 10, (24, 32))['masks']
+  assert min(info['last_accuracy']) > max(np.mean(masks == 0), np.mean(masks == 2))
+
+
+def test_bad_mask_is_one_line_naming_the_file(trained, tmp_path):
+  folder = tmp_path / 'labels'
+  shutil.copytree(trained / 'annotate', folder)
+  for i in range(4):
+    np.save(folder / f'mask_{i}.npy', np.full((24, 32), 5 if i == 2 else 1, np.uint8))
+  result = run_main(f'--workdir={tmp_path / "work"}', '--stages=train_interpreter',
+                    f'--config.data.annotation_dir={folder}')
+  assert result.returncode != 0
+  last = result.stderr.strip().splitlines()[-1]
+  assert last == (f'error: {folder}/mask_2.npy: class id 5 but config.data.num_classes is 3 '
+                  '(ids 0..2)')
+  assert 'Traceback' not in result.stderr
+
+
+def _config():
+  import importlib  # pylint: disable=import-outside-toplevel
+  return importlib.import_module('configs.test').get_config()
