@@ -30,10 +30,18 @@ def base() -> ml_collections.ConfigDict:
   # A random-weight StyleGAN (v1) instead of a checkpoint: tests and smoke runs.
   config.generator.random_init = ml_collections.ConfigDict()
   config.generator.random_init.enabled = False
+  config.generator.random_init.type = 'stylegan1'   # or 'biggan' (fields below)
   config.generator.random_init.resolution = 32
   config.generator.random_init.fmap_base = 128
   config.generator.random_init.fmap_max = 32
   config.generator.random_init.mapping_layers = 8
+  # type 'biggan': a BigGAN-PyTorch-layout BigGAN (generators/biggan.py, BigGANArch).
+  config.generator.random_init.biggan = ml_collections.ConfigDict()
+  config.generator.random_init.biggan.ch = 4                 # G_ch
+  config.generator.random_init.biggan.dim_z = 20             # split into num_blocks + 1 chunks
+  config.generator.random_init.biggan.shared_dim = 8         # class embedding width
+  config.generator.random_init.biggan.num_classes = 1000
+  config.generator.random_init.biggan.attention_resolutions = (16,)
 
   config.data = ml_collections.ConfigDict()
   config.data.name = ''
@@ -124,6 +132,30 @@ def base() -> ml_collections.ConfigDict:
   # for real test images (workdir/test_synthetic/); 0 = test_dir is required.
   config.evaluate.synthetic_test_images = 0
 
+  # BigDatasetGAN: class-conditional BigGAN generators (dgan_jax/bigdatasetgan/), used
+  # instead of the interpreter/sample/generate fields above when the generator is a BigGAN.
+  # Defaults: BigDatasetGAN's train.py and sample_dataset.py.
+  config.biggan = ml_collections.ConfigDict()
+  config.biggan.class_idx = (225, 200)  # ImageNet class ids sampled (sample, generate stages)
+  config.biggan.samples_per_class = 10  # generate: samples per class (before filtering)
+  config.biggan.annotate_per_class = 5  # sample: images per class written for annotation
+  config.biggan.z_std = 0.9             # z ~ N(0, z_std^2 I): sample_dataset.py's --z_var
+  # The segmentation head: maps join the first group at least as large as they are
+  # (BigGAN-512: 8..32 px -> 32, 64..128 -> 128, 256..512 -> 512), projected to
+  # group_channels; the last group size must be the image resolution.
+  config.biggan.head = ml_collections.ConfigDict()
+  config.biggan.head.group_sizes = (32, 128, 512)
+  config.biggan.head.group_channels = (128, 64, 32)
+  # Heads trained at once (different initialisations); more than one gives the JS
+  # uncertainty that config.generate.drop_fraction filters on (1 requires drop_fraction 0).
+  config.biggan.head.num_members = 1
+  config.biggan.train = ml_collections.ConfigDict()
+  config.biggan.train.num_steps = 5000
+  config.biggan.train.batch_size = 4    # annotated samples per step, split over devices
+  config.biggan.train.learning_rate = 1e-3   # Adam
+  config.biggan.train.checkpoint_every = 1000  # steps between orbax checkpoints (resume)
+  config.biggan.train.log_every = 100          # steps between progress-bar updates
+
   # Several hosts: jax.distributed.initialize(coordinator_address, num_processes,
   # process_id) when num_processes > 1 (or the environment of a TPU/SLURM job asks).
   config.distributed = ml_collections.ConfigDict()
@@ -149,6 +181,9 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if config.generator.noise not in ('const', 'zero', 'per_sample'):
     raise InputError(f"config.generator.noise must be 'const', 'zero' or 'per_sample', "
                      f'got {config.generator.noise!r}')
+  if config.generator.random_init.type not in ('stylegan1', 'biggan'):
+    raise InputError(f"config.generator.random_init.type must be 'stylegan1' or 'biggan', "
+                     f'got {config.generator.random_init.type!r}')
   if config.interpreter.feature_dtype not in ('float32', 'bfloat16'):
     raise InputError(f"config.interpreter.feature_dtype must be 'float32' or 'bfloat16', "
                      f'got {config.interpreter.feature_dtype!r}')
