@@ -98,6 +98,11 @@ class BigGANArch:
     return self.block_resolutions[block] in self.attention_resolutions
 
   @property
+  def latent_size(self) -> int:
+    """z width, under the name the StyleGAN architecture record uses."""
+    return self.dim_z
+
+  @property
   def num_slots(self) -> int:
     return self.num_blocks + 1 if self.hier else 1
 

@@ -1,5 +1,6 @@
 """Converted checkpoint directory (or a config) -> generator object."""
 
+import json
 import os
 
 import jax
@@ -62,12 +63,39 @@ def load(path: str, dtype=jnp.float32):
   return BUILDERS[kind](meta['arch'], arrays, path, dtype)
 
 
+def kind_from_config(generator_config) -> str:
+  """The generator type a config asks for ('stylegan1', 'biggan', 'biggan_deep'): the
+  random_init type, else the checkpoint's generator.json; '' when that is unreadable
+  (from_config then reports the problem)."""
+  if generator_config.random_init.enabled:
+    return generator_config.random_init.type
+  try:
+    with open(os.path.join(generator_config.checkpoint, 'generator.json')) as f:
+      return str(json.load(f)['arch']['type'])
+  except (OSError, ValueError, KeyError, TypeError):
+    return ''
+
+
+def _random_biggan(random_init, seed: int, dtype):
+  b = random_init.biggan
+  try:
+    arch = biggan.BigGANArch(resolution=random_init.resolution, ch=b.ch, dim_z=b.dim_z,
+                             shared_dim=b.shared_dim, num_classes=b.num_classes,
+                             attention_resolutions=tuple(b.attention_resolutions))
+  except ValueError as e:
+    raise InputError(f'config.generator.random_init: {e}') from None
+  return biggan.BigGANGenerator(arch, biggan.init_params(arch, jax.random.key(seed)),
+                                dtype=dtype)
+
+
 def from_config(generator_config, seed: int):
-  """The run's generator: a converted checkpoint, or a random-weight StyleGAN (v1)
-  when `generator.random_init.enabled` (tests, smoke runs)."""
+  """The run's generator: a converted checkpoint, or a random-weight StyleGAN (v1) or
+  BigGAN when `generator.random_init.enabled` (tests, smoke runs)."""
   dtype = jnp.dtype(generator_config.dtype)
   random_init = generator_config.random_init
-  if random_init.enabled:
+  if random_init.enabled and random_init.type == 'biggan':
+    g = _random_biggan(random_init, seed, dtype)
+  elif random_init.enabled:
     arch = stylegan1.StyleGAN1Arch(resolution=random_init.resolution,
                                    fmap_base=random_init.fmap_base,
                                    fmap_max=random_init.fmap_max,
@@ -85,6 +113,8 @@ def from_config(generator_config, seed: int):
           f'{generator_config.how_to_get}'.strip())
     g = load(path, dtype)
   if generator_config.avg_latent:
+    if not isinstance(g, stylegan1.StyleGAN1Generator):
+      raise InputError('config.generator.avg_latent applies to StyleGAN generators only')
     avg = np.load(generator_config.avg_latent, allow_pickle=False)
     if avg.shape not in ((g.arch.dlatent_size,), (g.num_ws, g.arch.dlatent_size)):
       raise InputError(f'{generator_config.avg_latent}: average W must be [512] or '
