@@ -25,7 +25,8 @@ step is jitted over a sharded batch, so XLA reduces across devices) and running 
 updated with momentum 0.1 in PyTorch's convention (flax momentum 0.9); in evaluation,
 the running averages. eps 1e-5. Convolutions have no bias except the last.
 
-Parameter names follow torchvision's with `.` -> `/` and `layer{i}.{j}` ->
+Initial values come from `init` (torchvision's initialization), not from the modules'
+initializers. Parameter names follow torchvision's with `.` -> `/` and `layer{i}.{j}` ->
 `layer{i}_{j}` (see convert_weights/resnet.py): `backbone/layer3_0/conv2/kernel`,
 `classifier/aspp/branch1/conv/kernel`, ... Kernels are HWIO.
 """
@@ -44,25 +45,13 @@ from dgan_jax.generators import checkpoint as checkpoint_lib
 from dgan_jax.generators.checkpoint import CheckpointError
 
 CONVERTED_FORMAT = 'dgan_jax.resnet'
+INIT_STREAM = 10   # numpy seed stream of `init` (downstream/data.py uses 11 and 12)
 BATCHNORM_EPS = 1e-5
 FLAX_BATCHNORM_MOMENTUM = 0.9   # PyTorch momentum 0.1
 STEM_STRIDE = 4
 # torchvision's input normalization (the images are first scaled to [0, 1]).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# torchvision initializes the ResNet's convs with kaiming_normal_(mode='fan_out') and
-# leaves the head's convs at PyTorch's default, kaiming_uniform_(a=sqrt(5)), which is
-# U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the last conv's bias has the same bound.
-_backbone_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-_head_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
-
-
-def _torch_bias_init(fan_in: int):
-  bound = 1.0 / np.sqrt(fan_in)
-  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype,
-                                                                    -bound, bound)
-
 
 @dataclasses.dataclass(frozen=True)
 class DeepLabArch:
@@ -115,12 +104,12 @@ def _batch_norm(train: bool, name: str, dtype) -> nn.BatchNorm:
 
 
 def _conv(features: int, kernel: int, stride: int = 1, dilation: int = 1, *, name: str,
-          dtype, init=_backbone_init, bias: bool = False) -> nn.Conv:
+          dtype) -> nn.Conv:
   """PyTorch-style conv: symmetric zero padding dilation * (kernel - 1) // 2."""
   pad = dilation * (kernel - 1) // 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), kernel_dilation=(dilation, dilation),
-                 use_bias=bias, kernel_init=init, dtype=dtype, name=name)
+                 use_bias=False, dtype=dtype, name=name)
 
 
 class Bottleneck(nn.Module):
@@ -172,8 +161,7 @@ class ConvBNReLU(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = _conv(self.features, self.kernel, 1, self.dilation, name='conv', dtype=self.dtype,
-              init=_head_init)(x)
+    x = _conv(self.features, self.kernel, 1, self.dilation, name='conv', dtype=self.dtype)(x)
     return nn.relu(_batch_norm(train, 'bn', self.dtype)(x))
 
 
@@ -206,9 +194,7 @@ class DeepLabHead(nn.Module):
   def __call__(self, x, train: bool):
     x = ASPP(self.arch, self.dtype, name='aspp')(x, train)
     x = ConvBNReLU(self.arch.aspp_channels, 3, dtype=self.dtype, name='block')(x, train)
-    return nn.Conv(self.arch.num_classes, (1, 1), kernel_init=_head_init,
-                   bias_init=_torch_bias_init(self.arch.aspp_channels), dtype=self.dtype,
-                   name='out')(x)
+    return nn.Conv(self.arch.num_classes, (1, 1), dtype=self.dtype, name='out')(x)
 
 
 class DeepLabV3(nn.Module):
@@ -233,13 +219,42 @@ def normalize(images_uint8: jax.Array) -> jax.Array:
   return (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
 
 
-def init(arch: DeepLabArch, key: jax.Array, resolution: int = 64,
-         dtype=jnp.float32) -> tuple[dict, dict]:
-  """-> (params, batch_stats). The shapes do not depend on `resolution`."""
-  model = DeepLabV3(arch, dtype)
-  variables = jax.jit(lambda k: model.init(
-      k, jnp.zeros((1, resolution, resolution, 3), jnp.float32), train=False))(key)
-  return variables['params'], variables['batch_stats']
+def init(arch: DeepLabArch, seed: int) -> tuple[dict, dict]:
+  """-> (params, batch_stats) with torchvision's initialization, drawn with numpy (fast
+  for any depth, the same on every backend; the modules' own initializers are not used):
+
+    backbone conv kernels   N(0, 2 / fan_out)   (kaiming_normal_, mode='fan_out')
+    head conv kernels       U(-b, b), b = 1 / sqrt(fan_in)   (PyTorch's default)
+    head output bias        U(-b, b), b = 1 / sqrt(aspp_channels)
+    BatchNorm               scale 1, bias 0, mean 0, var 1
+
+  fan_in = kh * kw * C_in, fan_out = kh * kw * C_out. Leaf i (in sorted name order)
+  draws from numpy's default_rng([seed, INIT_STREAM, i]).
+  """
+  shapes = variable_shapes(arch)
+  flat = {}
+  for i, name in enumerate(sorted(shapes)):
+    shape, rng = shapes[name], np.random.default_rng([seed, INIT_STREAM, i])
+    leaf = name.rsplit('/', 1)[1]
+    if leaf == 'kernel':
+      kh, kw, c_in, c_out = shape
+      if name.startswith('params/backbone/'):
+        value = rng.standard_normal(shape) * np.sqrt(2.0 / (kh * kw * c_out))
+      else:
+        bound = 1.0 / np.sqrt(kh * kw * c_in)
+        value = rng.uniform(-bound, bound, shape)
+    elif name == 'params/classifier/out/bias':
+      bound = 1.0 / np.sqrt(arch.aspp_channels)
+      value = rng.uniform(-bound, bound, shape)
+    elif leaf in ('scale', 'var'):
+      value = np.ones(shape)
+    elif leaf in ('bias', 'mean'):
+      value = np.zeros(shape)
+    else:
+      raise ValueError(f'{name}: no initialization rule')
+    flat[name] = jnp.asarray(value, jnp.float32)
+  tree = checkpoint_lib.unflatten(flat)
+  return tree['params'], tree['batch_stats']
 
 
 def variable_shapes(arch: DeepLabArch) -> dict[str, tuple[int, ...]]:

@@ -39,8 +39,8 @@ from dgan_jax.downstream import data as data_lib
 from dgan_jax.downstream import deeplab
 from dgan_jax.downstream.metrics import IGNORE_LABEL
 from dgan_jax.errors import InputError
+from dgan_jax.generators import checkpoint as checkpoint_lib
 
-INIT_STREAM = 21
 DROPOUT_STREAM = 22
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -74,11 +74,9 @@ def _optimizer(learning_rate: float) -> optax.GradientTransformation:
 
 
 def init_state(arch: deeplab.DeepLabArch, options: TrainOptions, seed: int) -> dict:
-  """{'params', 'batch_stats', 'opt_state', 'step'}: torchvision's initialization drawn
-  from fold_in(key(seed), INIT_STREAM), the backbone optionally replaced by converted
-  weights."""
-  params, batch_stats = deeplab.init(
-      arch, jax.random.fold_in(jax.random.key(seed), INIT_STREAM))
+  """{'params', 'batch_stats', 'opt_state', 'step'}: torchvision's initialization
+  (`deeplab.init(arch, seed)`), the backbone optionally replaced by converted weights."""
+  params, batch_stats = deeplab.init(arch, seed)
   if options.pretrained_backbone:
     params, batch_stats = deeplab.with_pretrained_backbone(
         params, batch_stats, options.pretrained_backbone, arch)
@@ -271,11 +269,10 @@ def epoch_checkpoints(run_dir: str) -> list[int]:
 def restore_epoch(run_dir: str, epoch: int, arch: deeplab.DeepLabArch) -> dict:
   """-> {'params', 'batch_stats'} saved after `epoch`, on the default device."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  shapes = jax.eval_shape(lambda: dict(zip(('params', 'batch_stats'), deeplab.init(
-      arch, jax.random.key(0)))))
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                          shapes)
+  abstract = checkpoint_lib.unflatten({
+      name: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=device)
+      for name, shape in deeplab.variable_shapes(arch).items()})
   with ocp.CheckpointManager(os.path.join(run_dir, 'epochs'),
                              options=ocp.CheckpointManagerOptions(create=False)) as manager:
     return manager.restore(epoch, args=ocp.args.StandardRestore(abstract))

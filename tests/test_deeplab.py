@@ -1,0 +1,230 @@
+"""DeepLabV3 and the ResNet converter against a PyTorch reference built in the tests
+(tests/torch_deeplab.py, torchvision's module names); BatchNorm in training and
+evaluation; the converter's failure modes."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import relative_error
+from convert_weights import __main__ as convert_cli
+from dgan_jax.downstream import deeplab
+from dgan_jax.generators.checkpoint import CheckpointError
+
+torch = pytest.importorskip('torch')
+import torch_deeplab  # pylint: disable=wrong-import-position
+
+LAYERS, WIDTH, RATES, CHANNELS, CLASSES = (1, 1, 2, 1), 4, (1, 2, 3), 8, 3
+TOLERANCE = 1e-4
+
+
+def _arch(dropout=0.5):
+  return deeplab.DeepLabArch(num_classes=CLASSES, stage_sizes=LAYERS, width=WIDTH,
+                             aspp_rates=RATES, aspp_channels=CHANNELS, dropout=dropout)
+
+
+def _torch_deeplab(seed=0, dropout=0.5):
+  torch.manual_seed(seed)
+  model = torch_deeplab.DeepLabV3(LAYERS, WIDTH, CLASSES, RATES, CHANNELS, dropout)
+  torch_deeplab.randomize_batch_norms(model, seed)
+  return model
+
+
+def _images(batch=2, height=33, width=41, seed=0):
+  """Odd sizes: PyTorch padding and the final bilinear upsampling must line up."""
+  return np.random.RandomState(seed).standard_normal((batch, height, width, 3)).astype(np.float32)
+
+
+def _apply(module, variables, images, **kwargs):
+  """module.apply, jitted (eager flax is slow op by op)."""
+  return jax.jit(lambda v, x: module.apply(v, x, **kwargs))(variables, images)
+
+
+def _convert(tmp_path, state, name, *extra):
+  src, dst = tmp_path / f'{name}.pth', tmp_path / name
+  torch.save(state, src)
+  assert convert_cli.main(['resnet', str(src), str(dst), *extra]) == 0
+  return str(dst)
+
+
+@pytest.fixture(scope='module')
+def converted_deeplab(tmp_path_factory):
+  """A DatasetGAN-style checkpoint ({'model_state_dict': ...}) of the torch DeepLabV3,
+  converted; plus the torch model."""
+  model = _torch_deeplab()
+  state = dict(model.state_dict())
+  state['aux_classifier.0.weight'] = torch.zeros(2, 2, 3, 3)  # dropped by the converter
+  dst = _convert(tmp_path_factory.mktemp('deeplab'), {'model_state_dict': state}, 'deeplab',
+                 '--aspp-rates', ','.join(map(str, RATES)))
+  return model, dst
+
+
+def test_deeplab_matches_torch_in_eval_mode(converted_deeplab, capsys):
+  model, dst = converted_deeplab
+  assert 'deeplabv3' in capsys.readouterr().out or os.path.isdir(dst)
+  arch, params, batch_stats = deeplab.converted_variables(dst)
+  assert arch == _arch()
+  images = _images()
+  ours = _apply(deeplab.DeepLabV3(arch), {'params': params, 'batch_stats': batch_stats},
+                images, train=False)
+  model.eval()
+  with torch.no_grad():
+    reference = torch_deeplab.nhwc(model(torch_deeplab.nchw(images)))
+  assert ours.shape == (2, 33, 41, CLASSES)
+  assert relative_error(ours, reference) < TOLERANCE
+
+
+def test_batchnorm_training_mode_matches_torch(converted_deeplab):
+  """Batch statistics in the forward pass and running means moved with PyTorch's
+  momentum 0.1. (Running variances: flax folds in the biased batch variance, PyTorch the
+  unbiased one; checked on the stem's BatchNorm with that factor.)"""
+  _, dst = converted_deeplab
+  arch, params, batch_stats = deeplab.converted_variables(dst)
+  arch = deeplab.DeepLabArch(**{**arch.to_json(), 'dropout': 0.0})
+  model = _torch_deeplab(dropout=0.0)
+  images = _images(batch=3, seed=1)
+  ours, mutated = _apply(deeplab.DeepLabV3(arch),
+                         {'params': params, 'batch_stats': batch_stats}, images, train=True,
+                         mutable=['batch_stats'])
+  model.train()
+  reference = torch_deeplab.nhwc(model(torch_deeplab.nchw(images)))
+  assert relative_error(ours, reference) < TOLERANCE
+  new_stats = mutated['batch_stats']
+  pairs = [(new_stats['backbone']['layer3_1']['bn2'], model.backbone.layer3[1].bn2),
+           (new_stats['classifier']['aspp']['pooling']['bn'], model.classifier[0].convs[-1][2]),
+           (new_stats['classifier']['block']['bn'], model.classifier[2])]
+  for ours_bn, torch_bn in pairs:
+    np.testing.assert_allclose(ours_bn['mean'], torch_bn.running_mean.detach().numpy(),
+                               rtol=1e-4, atol=1e-5)
+  stem = model.backbone.bn1
+  n = 3 * 17 * 21   # pixels the stem's BatchNorm averages over: batch x 17 x 21
+  old_var = batch_stats['backbone']['bn1']['var']
+  unbiased_update = stem.running_var.detach().numpy() - 0.9 * old_var
+  np.testing.assert_allclose(new_stats['backbone']['bn1']['var'],
+                             0.9 * old_var + unbiased_update * (n - 1) / n, rtol=1e-4)
+
+
+def test_eval_mode_is_per_image_and_training_mode_is_not():
+  arch = _arch(dropout=0.0)
+  params, batch_stats = deeplab.init(arch, 0)
+  batch_stats = jax.tree.map(lambda x: x + 0.5, batch_stats)  # running != batch stats
+  model = deeplab.DeepLabV3(arch)
+  variables = {'params': params, 'batch_stats': batch_stats}
+  a, b = _images(2, 32, 32, seed=2), _images(2, 32, 32, seed=3)
+  mixed = np.concatenate([a[:1], b[1:]])
+  evaluate = jax.jit(lambda x: model.apply(variables, x, train=False))
+  train = jax.jit(lambda x: model.apply(variables, x, train=True, mutable=['batch_stats']))
+  eval_a, eval_mixed = evaluate(a), evaluate(mixed)
+  np.testing.assert_allclose(eval_a[0], eval_mixed[0], rtol=1e-5, atol=1e-6)
+  (train_a, stats_a), (train_mixed, _) = train(a), train(mixed)
+  assert np.abs(np.asarray(train_a[0] - train_mixed[0])).max() > 1e-3
+  assert np.abs(np.asarray(train_a[0] - eval_a[0])).max() > 1e-3
+  moved = jax.tree.map(lambda new, old: float(jnp.abs(new - old).max()),
+                       stats_a['batch_stats'], batch_stats)
+  assert min(jax.tree.leaves(moved)) > 0   # every running statistic moved in training
+
+
+def test_dropout_is_active_only_in_training():
+  arch = _arch(dropout=0.5)
+  params, batch_stats = deeplab.init(arch, 0)
+  model, images = deeplab.DeepLabV3(arch), _images(2, 32, 32)
+  variables = {'params': params, 'batch_stats': batch_stats}
+  run = jax.jit(lambda key: model.apply(variables, images, train=True,
+                                        mutable=['batch_stats'], rngs={'dropout': key})[0])
+  assert np.abs(np.asarray(run(jax.random.key(0)) - run(jax.random.key(1)))).max() > 1e-4
+  evaluate = jax.jit(lambda key: model.apply(variables, images, train=False,
+                                             rngs={'dropout': key}))
+  np.testing.assert_array_equal(evaluate(jax.random.key(0)), evaluate(jax.random.key(1)))
+
+
+def test_imagenet_resnet_becomes_the_backbone(tmp_path):
+  torch.manual_seed(3)
+  resnet = torch_deeplab.ResNet(LAYERS, WIDTH, [False, True, True], num_classes=5)
+  torch_deeplab.randomize_batch_norms(resnet, 3)
+  dst = _convert(tmp_path, resnet.state_dict(), 'resnet')
+  meta, _ = deeplab.load_converted(dst)
+  assert meta['contains'] == 'backbone'
+  assert 'fc.weight' in meta['dropped'] and 'bn1.num_batches_tracked' in meta['dropped']
+  arch = _arch()
+  params, batch_stats = deeplab.init(arch, 1)
+  loaded, loaded_stats = deeplab.with_pretrained_backbone(params, batch_stats, dst, arch)
+  # The head keeps its own initialization.
+  np.testing.assert_array_equal(loaded['classifier']['out']['kernel'],
+                                params['classifier']['out']['kernel'])
+  images = _images(2, 35, 30, seed=4)
+  ours = _apply(deeplab.ResNet(arch), {'params': loaded['backbone'],
+                                       'batch_stats': loaded_stats['backbone']},
+                images, train=False)
+  resnet.eval()
+  with torch.no_grad():
+    reference = torch_deeplab.nhwc(resnet.features(torch_deeplab.nchw(images)))
+  assert ours.shape == (2, 5, 4, arch.feature_channels)   # output stride 8
+  assert relative_error(ours, reference) < TOLERANCE
+  # A config asking for another backbone is told which one the weights are.
+  wider = deeplab.DeepLabArch(num_classes=CLASSES, stage_sizes=LAYERS, width=8,
+                              aspp_rates=RATES, aspp_channels=CHANNELS)
+  params, batch_stats = deeplab.init(wider, 1)
+  with pytest.raises(CheckpointError, match=r'width 4; the config asks for .*wrong shape'):
+    deeplab.with_pretrained_backbone(params, batch_stats, dst, wider)
+
+
+def test_converter_names_what_is_wrong(tmp_path, capsys):
+  resnet = torch_deeplab.ResNet(LAYERS, WIDTH, [False, True, True])
+  state = dict(resnet.state_dict())
+  del state['layer3.1.bn2.running_var']
+  state['layer3.1.extra.weight'] = torch.zeros(1)
+  src = tmp_path / 'broken.pth'
+  torch.save(state, src)
+  assert convert_cli.main(['resnet', str(src), str(tmp_path / 'out')]) == 1
+  message = capsys.readouterr().err
+  assert 'missing key(s): layer3.1.bn2.running_var' in message
+  assert 'unexpected key(s): layer3.1.extra.weight' in message
+  assert not os.path.exists(tmp_path / 'out')
+  # A basic-block ResNet (resnet18/34) has no conv3.
+  basic = {k: v for k, v in resnet.state_dict().items() if '.conv3.' not in k}
+  torch.save(basic, src)
+  assert convert_cli.main(['resnet', str(src), str(tmp_path / 'out')]) == 1
+  assert 'basic-block ResNet' in capsys.readouterr().err
+  # Truncated file.
+  torch.save(resnet.state_dict(), src)
+  data = src.read_bytes()
+  src.write_bytes(data[:len(data) // 2])
+  assert convert_cli.main(['resnet', str(src), str(tmp_path / 'out')]) == 1
+  assert 'corrupt or truncated' in capsys.readouterr().err
+  with pytest.raises(CheckpointError, match='resnet.json: missing'):
+    deeplab.load_converted(str(tmp_path))
+
+
+def test_resnet101_shapes_match_torchvision():
+  """Parameter count of torchvision's deeplabv3_resnet101(num_classes=21, aux_loss=None):
+  60,996,202 with the auxiliary FCN head, whose 2,365,205 parameters are not built here."""
+  shapes = deeplab.variable_shapes(deeplab.DeepLabArch(num_classes=21))
+  total = sum(int(np.prod(s)) for k, s in shapes.items() if k.startswith('params/'))
+  assert total == 60_996_202 - 2_365_205
+  assert shapes['params/backbone/layer4_2/conv2/kernel'] == (3, 3, 512, 512)
+  assert deeplab.DeepLabArch(num_classes=21).stage_layout() == [
+      (1, 1, 1), (2, 1, 1), (1, 1, 2), (1, 2, 4)]
+
+
+def test_initialization_follows_torchvision():
+  arch = deeplab.DeepLabArch(num_classes=CLASSES, stage_sizes=LAYERS, width=16,
+                             aspp_rates=RATES, aspp_channels=32)
+  params, batch_stats = deeplab.init(arch, 0)
+  kernel = np.asarray(params['backbone']['layer3_0']['conv2']['kernel'])  # [3, 3, 64, 64]
+  assert np.std(kernel) == pytest.approx(np.sqrt(2 / (9 * 64)), rel=0.05)   # fan_out
+  head = np.asarray(params['classifier']['aspp']['project']['conv']['kernel'])  # 1x1, 5*32 in
+  bound = 1 / np.sqrt(5 * 32)
+  assert bound * 0.95 < np.abs(head).max() <= bound
+  out_bias = np.asarray(params['classifier']['out']['bias'])
+  assert np.abs(out_bias).max() <= 1 / np.sqrt(32) and np.abs(out_bias).max() > 0
+  np.testing.assert_array_equal(params['backbone']['bn1']['scale'], 1)
+  np.testing.assert_array_equal(batch_stats['backbone']['bn1']['var'], 1)
+  again, _ = deeplab.init(arch, 0)
+  other, _ = deeplab.init(arch, 1)
+  np.testing.assert_array_equal(again['backbone']['conv1']['kernel'],
+                                params['backbone']['conv1']['kernel'])
+  assert not np.array_equal(other['backbone']['conv1']['kernel'],
+                            params['backbone']['conv1']['kernel'])
