@@ -32,6 +32,7 @@ from tqdm import tqdm
 from dgan_jax.data import images as image_utils
 from dgan_jax.data import tfds_writer
 
+_BASE_FEATURES = ('image', 'label', 'latent', 'uncertainty', 'index')
 _SHARD = re.compile(r'shard-(\d+)-n(\d+)\.scores\.npy$')
 
 
@@ -62,6 +63,7 @@ def generate_shards(factory, features, raw_dir: str, num_samples: int, samples_p
   """Generates this process's missing shards. Returns timing figures."""
   os.makedirs(raw_dir, exist_ok=True)
   label_dtype = features['label'].np_dtype
+  extra = [k for k in features.keys() if k not in _BASE_FEATURES]  # e.g. BigGAN's class_id
   ranges = shard_ranges(num_samples, samples_per_shard)
   mine = [k for k in range(len(ranges)) if k % process_count == process_index]
   pending = [k for k in mine
@@ -83,7 +85,7 @@ def generate_shards(factory, features, raw_dir: str, num_samples: int, samples_p
             writer.write({'image': out['image'][j],
                           'label': out['label'][j].astype(label_dtype),
                           'latent': out['z'][j], 'uncertainty': out['uncertainty'][j],
-                          'index': np.int64(index)})
+                          'index': np.int64(index), **{k: out[k][j] for k in extra}})
             scores.append((index, out['uncertainty'][j]))
           generated += len(indices)
           bar.update(len(indices))
@@ -143,10 +145,13 @@ def _preview(features, shards, kept_mask, scores, palette, count: int) -> np.nda
   return image_utils.grid(np.stack(tiles), columns=4)
 
 
-def finalize(config, features, raw_dir: str, out_dir: str, timing: dict) -> dict:
-  """Ranks every score and writes the dataset directory (atomically)."""
+def finalize(config, features, raw_dir: str, out_dir: str, timing: dict,
+             num_samples: int | None = None) -> dict:
+  """Ranks every score and writes the dataset directory (atomically).
+  num_samples: default config.generate.num_samples."""
   gen = config.generate
-  shards, indices, scores = read_scores(raw_dir, gen.num_samples, gen.samples_per_shard)
+  num_samples = gen.num_samples if num_samples is None else num_samples
+  shards, indices, scores = read_scores(raw_dir, num_samples, gen.samples_per_shard)
   kept_mask, threshold = select(indices, scores, gen.drop_fraction)
   name = gen.dataset_name
   tmp = out_dir + '.partial'
@@ -212,16 +217,25 @@ def wait_for_processes(raw_dir: str, process_count: int, timeout: float = 24 * 3
     time.sleep(1.0)
 
 
-def run(config, factory, workdir: str, process_index: int = 0, process_count: int = 1) -> None:
-  """The whole stage for one process (see the module docstring)."""
+def run(config, factory, workdir: str, process_index: int = 0, process_count: int = 1,
+        num_samples: int | None = None) -> None:
+  """The whole stage for one process (see the module docstring).
+
+  factory: `layout.output_shape`, `generator.arch.latent_size`, `num_devices` and
+  `__call__(indices) -> dict` (image, label, uncertainty, z, and one [B] array per entry
+  of its optional `extra_features`: name -> numpy dtype, stored as scalar features).
+  num_samples: default config.generate.num_samples.
+  """
   gen = config.generate
+  num_samples = gen.num_samples if num_samples is None else num_samples
   out_dir = os.path.join(workdir, 'dataset')
   stage_dir = os.path.join(workdir, 'generate')
   raw_dir = os.path.join(stage_dir, 'raw')
   height, width = factory.layout.output_shape
   features = tfds_writer.segmentation_features(height, width, config.data.num_classes,
-                                               factory.generator.arch.latent_size)
-  timing = generate_shards(factory, features, raw_dir, gen.num_samples, gen.samples_per_shard,
+                                               factory.generator.arch.latent_size,
+                                               getattr(factory, 'extra_features', None))
+  timing = generate_shards(factory, features, raw_dir, num_samples, gen.samples_per_shard,
                            gen.batch_size, process_index, process_count)
   timing.update(num_devices=factory.num_devices, process_index=process_index,
                 process_count=process_count)
@@ -231,7 +245,8 @@ def run(config, factory, workdir: str, process_index: int = 0, process_count: in
   wait_for_processes(raw_dir, process_count)
   all_timing = [json.load(open(p)) for p in sorted(glob.glob(
       os.path.join(raw_dir, f'process-*-of-{process_count}.done')))]
-  record = finalize(config, features, raw_dir, out_dir, {'processes': all_timing})
+  record = finalize(config, features, raw_dir, out_dir, {'processes': all_timing},
+                    num_samples)
   _write_json(os.path.join(stage_dir, 'summary.json'),
               {'num_samples': record['num_samples'], 'num_kept': record['num_kept'],
                'threshold': record['threshold'], 'processes': all_timing})

@@ -23,6 +23,7 @@ from dgan_jax import generators
 from dgan_jax import interpreter
 from dgan_jax import latents
 from dgan_jax import parallel
+from dgan_jax.bigdatasetgan import stages as bigdatasetgan_stages
 from dgan_jax.data import annotations
 from dgan_jax.data import images as image_utils
 from dgan_jax.data import synthetic
@@ -61,12 +62,19 @@ def generate_images(g, config, z: np.ndarray) -> np.ndarray:
   return crop(image_utils.to_uint8(np.asarray(image)), config.data)
 
 
+def _is_biggan(config) -> bool:
+  """BigGAN generators take the BigDatasetGAN path (dgan_jax/bigdatasetgan/stages.py)."""
+  return generators.kind_from_config(config.generator) in ('biggan', 'biggan_deep')
+
+
 def sample(config, workdir: str) -> None:
   """DatasetGAN's make_training_data: images to annotate + their latents.
 
   Writes workdir/annotate/: image_{i}.png, latents.npy [N, 512] (z),
   avg_latent.npy, samples.png (a grid), info.json.
   """
+  if _is_biggan(config):
+    return bigdatasetgan_stages.sample(config, workdir)
   out = os.path.join(workdir, 'annotate')
   if os.path.exists(out):
     logging.info('sample: %s exists, skipping', out)
@@ -142,8 +150,10 @@ def train_interpreter(config, workdir: str) -> None:
   `interpreter.load`), check.png (annotated | regenerated | mask, written before
   training starts, in interpreter.partial/ until the stage completes), history.npz and
   info.json. An interrupted run resumes from the orbax checkpoints in
-  interpreter.partial/checkpoints.
+  interpreter.partial/checkpoints. BigGAN generators: the segmentation head instead.
   """
+  if _is_biggan(config):
+    return bigdatasetgan_stages.train_head(config, workdir)
   out = os.path.join(workdir, 'interpreter')
   if os.path.exists(os.path.join(out, 'interpreter.json')):
     logging.info('train_interpreter: %s exists, skipping', out)
@@ -230,7 +240,10 @@ def train_interpreter(config, workdir: str) -> None:
 
 def generate(config, workdir: str) -> None:
   """Labels config.generate.num_samples new samples with the trained interpreter and keeps
-  the most certain as a TFDS dataset in workdir/dataset/ (see dgan_jax/generate.py)."""
+  the most certain as a TFDS dataset in workdir/dataset/ (see dgan_jax/generate.py).
+  BigGAN generators: per-class samples labelled by the segmentation head."""
+  if _is_biggan(config):
+    return bigdatasetgan_stages.generate(config, workdir)
   record_path = os.path.join(workdir, 'dataset', 'generation.json')
   if os.path.exists(record_path):
     with open(record_path) as f:

@@ -15,10 +15,11 @@ from tensorflow_datasets.core import example_serializer
 FILE_TEMPLATE = '{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}'
 
 
-def segmentation_features(height: int, width: int, num_classes: int,
-                          latent_size: int) -> tfds.features.FeaturesDict:
+def segmentation_features(height: int, width: int, num_classes: int, latent_size: int,
+                          extra_scalars: dict | None = None) -> tfds.features.FeaturesDict:
   """image uint8 [H, W, 3], label [H, W] (uint8, uint16 above 255 classes), latent float32
-  [latent_size], uncertainty float32, index int64."""
+  [latent_size], uncertainty float32, index int64, plus one scalar per extra_scalars
+  entry (name -> numpy dtype, e.g. BigGAN's {'class_id': np.int64})."""
   zlib = tfds.features.Encoding.ZLIB
   label_dtype = np.uint8 if num_classes <= 256 else np.uint16
   return tfds.features.FeaturesDict({
@@ -27,6 +28,8 @@ def segmentation_features(height: int, width: int, num_classes: int,
       'latent': tfds.features.Tensor(shape=(latent_size,), dtype=np.float32),
       'uncertainty': tfds.features.Tensor(shape=(), dtype=np.float32),
       'index': tfds.features.Tensor(shape=(), dtype=np.int64),
+      **{name: tfds.features.Tensor(shape=(), dtype=dtype)
+         for name, dtype in (extra_scalars or {}).items()},
   })
 
 

@@ -1,0 +1,166 @@
+"""BigDatasetGAN's folder layout: annotated BigGAN samples and their latents.
+
+  <root>/annotations/<subset>/<wnid>/<stem>.png   the mask: nonzero pixels are foreground
+  <root>/images/<subset>/<wnid>/<stem>.png        the sample (optional; shown in check.png)
+  <root>/latents/<subset>/<wnid>/<stem>.npy       its z, [1, dim_z] (or [dim_z])
+
+The class id is the second-to-last '_'-separated field of the stem (`..._<wnid>_<class
+id>_<number>`), as BigDatasetGAN's reader takes it; a mask is paired with the latent of
+the same stem. `subset` is 'biggan512' in BigDatasetGAN's release (f'biggan{resolution}'
+here). The `sample` stage writes images/ and latents/ in this layout, named
+`<wnid>_<class id>_<number>` with the ImageNet wnid of the class (`class_folder`); masks
+drawn on those images go to annotations/.
+"""
+
+import dataclasses
+import functools
+import glob
+import os
+
+import numpy as np
+from PIL import Image
+
+from dgan_jax.data import annotations as annotations_lib
+from dgan_jax.data import images as image_utils
+from dgan_jax.errors import InputError
+
+IMAGENET_CLASSES = 1000
+
+
+@functools.lru_cache(maxsize=None)
+def imagenet_wnids() -> tuple[str, ...]:
+  """The 1000 ILSVRC-2012 wnids in class-id order (the sorted list TFDS ships)."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  path = tfds.core.tfds_path('datasets/imagenet2012/labels.txt')
+  wnids = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+  if len(wnids) != IMAGENET_CLASSES:
+    raise RuntimeError(f'{path}: expected {IMAGENET_CLASSES} wnids, found {len(wnids)}')
+  return wnids
+
+
+def class_folder(class_id: int, num_classes: int) -> str:
+  """The wnid of an ImageNet class; `class{id:04d}` for generators of other class sets."""
+  if num_classes == IMAGENET_CLASSES:
+    return imagenet_wnids()[class_id]
+  return f'class{class_id:04d}'
+
+
+def sample_stem(class_id: int, number: int, num_classes: int) -> str:
+  return f'{class_folder(class_id, num_classes)}_{class_id}_{number:04d}'
+
+
+def class_id_from_stem(path: str, num_classes: int) -> int:
+  """Second-to-last '_' field of the file name; InputError naming the file otherwise."""
+  stem = os.path.splitext(os.path.basename(path))[0]
+  fields = stem.split('_')
+  if len(fields) < 3 or not fields[-2].lstrip('-').isdigit():
+    raise InputError(f'{path}: the file name must end in _<class id>_<number> '
+                     '(BigDatasetGAN naming, e.g. n02105162_225_0003)')
+  class_id = int(fields[-2])
+  if not 0 <= class_id < num_classes:
+    raise InputError(f'{path}: class id {class_id} is outside the generator\'s '
+                     f'[0, {num_classes})')
+  return class_id
+
+
+def read_latent(path: str, dim_z: int) -> np.ndarray:
+  """A latents/ file -> z [dim_z] float32; InputError naming the file otherwise."""
+  try:
+    z = np.load(path, allow_pickle=False)
+  except (ValueError, OSError, EOFError) as e:
+    raise InputError(f'{path}: not a readable .npy array ({e})') from None
+  if z.shape not in ((1, dim_z), (dim_z,)):
+    raise InputError(f'{path}: a latent must be [1, {dim_z}] or [{dim_z}] (the generator\'s '
+                     f'dim_z), got shape {z.shape}')
+  z = np.asarray(z, np.float32).reshape(dim_z)
+  if not np.all(np.isfinite(z)):
+    raise InputError(f'{path}: latent contains NaN or infinity')
+  return z
+
+
+def read_mask(path: str, size: int) -> np.ndarray:
+  """A mask PNG (any mode; converted to grey) -> [size, size] uint8, 1 where nonzero.
+  A mask of another square size is resized (nearest); other shapes are an InputError."""
+  try:
+    with Image.open(path) as image:
+      grey = np.asarray(image.convert('L'))
+  except (OSError, SyntaxError, ValueError) as e:
+    raise InputError(f'{path}: not a readable image ({e})') from None
+  if grey.shape[0] != grey.shape[1]:
+    raise InputError(f'{path}: mask is {grey.shape[0]}x{grey.shape[1]}; BigGAN samples are '
+                     f'square ({size}x{size})')
+  if grey.shape[0] != size:
+    grey = annotations_lib.resize_nearest(grey, size, size)
+  return (grey != 0).astype(np.uint8)
+
+
+@dataclasses.dataclass
+class Annotations:
+  """Annotated samples of one layout root, in (wnid folder, file name) order."""
+  root: str
+  subset: str
+  names: list[str]              # '<wnid>/<stem>'
+  class_ids: np.ndarray         # [N] int32
+  latents: np.ndarray           # [N, dim_z] float32
+  mask_paths: list[str]
+  image_paths: list[str | None]
+
+  def __len__(self) -> int:
+    return len(self.names)
+
+  def masks(self, indices, size: int) -> np.ndarray:
+    """-> [len(indices), size, size] uint8 in {0, 1}."""
+    return np.stack([read_mask(self.mask_paths[i], size) for i in indices])
+
+  def image(self, index: int) -> np.ndarray | None:
+    """The stored sample [h, w, 3] uint8, or None when images/ lacks it."""
+    path = self.image_paths[index]
+    if path is None:
+      return None
+    with Image.open(path) as image:
+      return np.asarray(image.convert('RGB'))
+
+
+def paths(root: str, subset: str, folder: str, stem: str) -> dict[str, str]:
+  """The annotation, image and latent paths of one sample."""
+  return {'annotation': os.path.join(root, 'annotations', subset, folder, stem + '.png'),
+          'image': os.path.join(root, 'images', subset, folder, stem + '.png'),
+          'latent': os.path.join(root, 'latents', subset, folder, stem + '.npy')}
+
+
+def read(root: str, subset: str, dim_z: int, num_classes: int) -> Annotations:
+  """Every mask under <root>/annotations/<subset>/*/ with its latent and class id.
+
+  Raises InputError naming the file for a mask without its latent, a malformed latent,
+  a class id outside [0, num_classes), or when there is no mask at all."""
+  mask_dir = os.path.join(root, 'annotations', subset)
+  mask_paths = sorted(glob.glob(os.path.join(glob.escape(mask_dir), '*', '*.png')))
+  if not mask_paths:
+    raise InputError(f'{mask_dir}: no masks (<wnid>/<stem>.png, BigDatasetGAN layout: '
+                     'annotations/, images/, latents/ under config.data.annotation_dir)')
+  names, class_ids, latents, image_paths = [], [], [], []
+  for mask_path in mask_paths:
+    folder = os.path.basename(os.path.dirname(mask_path))
+    stem = os.path.splitext(os.path.basename(mask_path))[0]
+    where = paths(root, subset, folder, stem)
+    class_ids.append(class_id_from_stem(mask_path, num_classes))
+    if not os.path.isfile(where['latent']):
+      raise InputError(f'{mask_path}: its latent {where["latent"]} is missing')
+    latents.append(read_latent(where['latent'], dim_z))
+    image_paths.append(where['image'] if os.path.isfile(where['image']) else None)
+    names.append(f'{folder}/{stem}')
+  return Annotations(root, subset, names, np.asarray(class_ids, np.int32), np.stack(latents),
+                     mask_paths, image_paths)
+
+
+def write_sample(root: str, subset: str, class_id: int, number: int, num_classes: int,
+                 image: np.ndarray, z: np.ndarray) -> str:
+  """Writes images/.../<stem>.png and latents/.../<stem>.npy ([1, dim_z]); -> the stem."""
+  folder = class_folder(class_id, num_classes)
+  stem = sample_stem(class_id, number, num_classes)
+  where = paths(root, subset, folder, stem)
+  for key in ('image', 'latent'):
+    os.makedirs(os.path.dirname(where[key]), exist_ok=True)
+  image_utils.save_png(where['image'], image)
+  np.save(where['latent'], np.asarray(z, np.float32).reshape(1, -1))
+  return stem
