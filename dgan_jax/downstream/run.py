@@ -158,9 +158,13 @@ def train_downstream(config, workdir: str) -> None:
       source = data_lib.apply_lookup(
           data_lib.read_annotated(folder, config.data.num_annotated, config.data.num_classes),
           lookup)
-      steps = d.few_shot_steps_per_epoch
+      steps = d.few_shot_steps_per_epoch or d.steps_per_epoch
       if not steps:  # as many updates per epoch as the synthetic run
-        steps = d.steps_per_epoch or len(_synthetic_source(config, workdir, None)) // d.batch_size
+        if not os.path.isdir(os.path.join(workdir, 'dataset')):
+          raise InputError('config.downstream.few_shot_steps_per_epoch is 0 (the synthetic '
+                           'run\'s steps per epoch) but there is no synthetic dataset in '
+                           f'{workdir}/dataset: set it')
+        steps = len(_synthetic_source(config, workdir, None)) // d.batch_size
       description = f'{len(source)} annotated images ({folder})'
     start = time.time()
     record = train_lib.train(arch, source, train_options(config, steps), config.seed, run_dir,
@@ -181,7 +185,8 @@ def evaluate(config, workdir: str) -> None:
   if os.path.exists(out_json):
     logging.info('evaluate: %s exists, skipping', out_json)
     return
-  if jax.process_index() != 0:
+  process_index, _ = parallel.initialize(config.distributed)
+  if process_index != 0:
     return
   runs = selected_runs(config)
   names, _, palette = class_setup(config)
