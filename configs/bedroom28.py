@@ -34,4 +34,7 @@ def get_config(arg=None):
   config.data.feature_size = (256, 256)
   config.data.num_annotated = 40
   config.interpreter.num_members = 10
+  config.downstream.resolution = 256    # the generator's resolution, as for cats
+  # No test folder is set (DatasetGAN's release has no bedroom experiment file): set
+  # config.evaluate.test_dir to one.
   return config_lib.finalize(config)

@@ -23,4 +23,5 @@ def get_config(arg=None):
   config.data.name = 'car12'
   config.data.eval_class_map = CAR20_TO_12
   config.data.eval_class_names = CAR12_CLASSES
+  config.evaluate.test_dir = 'dataset_release/annotation/testing_data/car_ade_12_class'
   return config_lib.finalize(config)

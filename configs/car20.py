@@ -45,4 +45,6 @@ def car_config():
 
 def get_config(arg=None):
   del arg
-  return config_lib.finalize(car_config())
+  config = car_config()
+  config.evaluate.test_dir = 'dataset_release/annotation/testing_data/car_20_class'
+  return config_lib.finalize(config)

@@ -34,4 +34,6 @@ def get_config(arg=None):
   config.data.latents = 'dataset_release/training_latent/cat_16/latent_stylegan1.npy'
   config.data.num_annotated = 30
   config.interpreter.num_members = 10
+  config.downstream.resolution = 256    # the original's deeplab_res for cats
+  config.evaluate.test_dir = 'dataset_release/annotation/testing_data/cat_16_class'
   return config_lib.finalize(config)

@@ -52,4 +52,5 @@ def get_config(arg=None):
   config.data.latents = 'dataset_release/training_latent/face_34/latent_stylegan1.npy'
   config.data.num_annotated = 16
   config.interpreter.num_members = 10
+  config.evaluate.test_dir = 'dataset_release/annotation/testing_data/face_34_class'
   return config_lib.finalize(config)

@@ -379,3 +379,22 @@ def test_stand_in_test_set_is_fresh_samples_labelled_by_brightness(tmp_path):
                                         len(test.names) * 24 * 32)
   np.testing.assert_allclose(fractions, 1 / 3, atol=0.02)
   assert run_lib.stand_in_test_dir(config, str(tmp_path), 3) == folder   # made once
+
+
+def test_ade_car_12_networks_predict_the_12_test_classes():
+  import importlib  # pylint: disable=import-outside-toplevel
+  config = importlib.import_module('configs.car12').get_config()
+  names, lookup, palette = run_lib.class_setup(config)
+  assert len(names) == 12 and names[1] == 'car_body' and palette.shape == (12, 3)
+  car20 = importlib.import_module('configs.car20')
+  training = np.arange(20, dtype=np.uint8)
+  mapped = lookup[training]
+  # Every car part without its own test class is car body; wheels and lights keep theirs.
+  assert names[mapped[car20.CAR20_CLASSES.index('background')]] == 'background'
+  assert names[mapped[car20.CAR20_CLASSES.index('hoods')]] == 'car_body'
+  assert names[mapped[car20.CAR20_CLASSES.index('tire')]] == 'wheel'
+  assert names[mapped[car20.CAR20_CLASSES.index('windshield')]] == 'wind shield'
+  assert lookup[IGNORE_LABEL] == IGNORE_LABEL
+  assert run_lib.arch_from_config(config, len(names)).stage_sizes == (3, 4, 23, 3)
+  assert config.downstream.resolution == 512 and config.downstream.batch_size == 8
+  assert config.evaluate.test_dir.endswith('car_ade_12_class')
