@@ -1,0 +1,164 @@
+"""Interpreter training at the car model's size: peak host memory and pixels per second.
+
+  python benchmarks/interpreter_train.py            # about 2-4 minutes on 2 CPU cores
+  python benchmarks/interpreter_train.py --steps 500 --rounds 5 --feature-dtype bfloat16
+
+The car configuration of DatasetGAN with random weights: a 512 px StyleGAN (v1)
+(fmap_base 8192, fmap_max 512: 5056 feature values per pixel), 16 annotated images whose
+features are resized to 512x512 and cropped to rows 64:448 (384x512), 20 classes (masks:
+brightness bands of the regenerated images), 10 members, 64 pixels per member per step.
+
+Prints, on the default JAX backend:
+  * feature preparation seconds per annotated image (native maps only; the first,
+    compiling image excluded),
+  * training pixels/s of interpreter.train's compiled step for the 10-member ensemble
+    (every member's pixels counted) and per member, and of one member trained alone (as
+    the original trains them one by one),
+  * this machine's float32 matmul rate (jitted 2048x2048 @ 2048x2048), measured before
+    and after each window of training steps in this run (the machine may be shared: each
+    round is compared with its own matmul rate), and the training step's useful FLOP
+    rate as a fraction of it. Useful FLOPs per member-pixel: 2*D*H1 for the first layer's
+    forward and as much for its weight gradient (its input gradient is never needed),
+    3 * 2 * (H1*H2 + H2*C) for the two small layers;
+  * peak resident host memory (ru_maxrss) of the whole run.
+Targets (issue 3): <= 4 s per image, <= 4 GB peak RSS, per-member throughput >= 2x the
+original's 17.6k pixels/s measured on this CPU, training FLOP rate >= 0.5x the matmul rate.
+"""
+
+import argparse
+import os
+import resource
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=wrong-import-position
+import jax.numpy as jnp  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+
+from dgan_jax import features  # pylint: disable=wrong-import-position
+from dgan_jax import interpreter  # pylint: disable=wrong-import-position
+from dgan_jax import latents  # pylint: disable=wrong-import-position
+from dgan_jax.data import synthetic  # pylint: disable=wrong-import-position
+from dgan_jax.generators import stylegan1  # pylint: disable=wrong-import-position
+
+ORIGINAL_PIXELS_PER_SECOND = 17.6e3  # issue 3: the original, one member at batch 64, this CPU
+NUM_CLASSES = 20
+
+
+def peak_rss_gb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def matmul_gflops(repeats: int = 3) -> float:
+  """Best of `repeats` timings of 5 jitted float32 2048x2048 matmuls."""
+  a = jax.random.normal(jax.random.key(0), (2048, 2048), jnp.float32)
+  f = jax.jit(lambda x, y: x @ y)
+  f(a, a).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(5):
+      out = f(a, a)
+    out.block_until_ready()
+    best = min(best, (time.perf_counter() - start) / 5)
+  return 2 * 2048 ** 3 / best / 1e9
+
+
+def flops_per_member_pixel(arch: interpreter.InterpreterArch) -> float:
+  h1, h2 = arch.hidden
+  return 2 * 2 * arch.feature_dim * h1 + 3 * 2 * (h1 * h2 + h2 * arch.num_classes)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--images', type=int, default=16)
+  parser.add_argument('--members', type=int, default=10)
+  parser.add_argument('--steps', type=int, default=200, help='training steps per window')
+  parser.add_argument('--rounds', type=int, default=3)
+  parser.add_argument('--feature-dtype', default='float32', choices=('float32', 'bfloat16'))
+  args = parser.parse_args()
+  interpreter._keep_freed_memory()  # pylint: disable=protected-access  (as train() does)
+  print(f'backend: {jax.default_backend()} ({jax.devices()[0].device_kind}), '
+        f'{jax.device_count()} device(s)')
+
+  arch = stylegan1.StyleGAN1Arch(resolution=512, fmap_base=8192, fmap_max=512)
+  g = stylegan1.StyleGAN1Generator(arch, stylegan1.init_params(arch, jax.random.key(0)),
+                                   const_noise=stylegan1.draw_const_noise(arch, 0))
+  g.avg_latent = jnp.mean(g.map(np.random.RandomState(0).standard_normal((256, 512))), axis=0)
+  layout = features.FeatureLayout.create([(r, r) for r in arch.resolutions for _ in range(2)],
+                                         arch.feature_channels, (512, 512), (64, 448))
+  z = np.asarray(latents.sample_z(0, np.arange(args.images)))
+  dtype = jnp.dtype(args.feature_dtype)
+  print(f'car layout: D = {layout.dim}, grid {layout.output_shape}, '
+        f'{layout.bytes_per_image(dtype) / 1e6:.1f} MB of native maps kept per image '
+        f'({args.feature_dtype})')
+
+  def synthesize(i):
+    return g.synthesize(g.truncate(g.map(z[i:i + 1]), 0.7, 8), noise='const')
+
+  start = time.perf_counter()
+  stores, images, seconds_per_image = features.extract_stores(synthesize, args.images, layout,
+                                                              dtype, progress=False)
+  print(f'feature preparation: {seconds_per_image:.2f} s per image '
+        f'({time.perf_counter() - start:.1f} s for {args.images} incl. compilation); '
+        f'target <= 4 s')
+  del g
+  labels = jnp.asarray(synthetic.brightness_masks(images, NUM_CLASSES))
+  data = interpreter.TrainData(stores, labels, layout)
+  print(f'peak RSS after features: {peak_rss_gb():.2f} GB')
+
+  rounds = []
+  steppers = {m: Stepper(data, layout, m) for m in (args.members, 1)}
+  for _ in range(args.rounds):
+    before = matmul_gflops()
+    rates = {m: stepper.pixels_per_second(args.steps) for m, stepper in steppers.items()}
+    rounds.append((max(before, matmul_gflops()), rates[args.members], rates[1]))
+  flops = flops_per_member_pixel(steppers[args.members].arch)
+  print(f'{args.rounds} rounds of (matmul, {args.steps} ensemble steps, {args.steps} one-member '
+        'steps, matmul); the machine is shared, so each round compares with its own matmul:')
+  for i, (matmul, total, alone) in enumerate(rounds):
+    print(f'  round {i}: matmul {matmul:.0f} GFLOP/s | ensemble {total:,.0f} member-px/s = '
+          f'{total * flops / 1e9 / matmul:.2f} x matmul | one member {alone:,.0f} px/s = '
+          f'{alone * flops / 1e9 / matmul:.2f} x matmul')
+  matmul, total, alone = max(rounds, key=lambda r: r[1] / r[0])
+  print(f'best round, matmul {matmul:.0f} GFLOP/s (float32 2048^3, jitted):')
+  print(f'  ensemble of {args.members}, batch 64 per member: {total:,.0f} member-pixels/s total,'
+        f' {total / args.members:,.0f} per member; {total * flops / 1e9:.0f} GFLOP/s = '
+        f'{total * flops / 1e9 / matmul:.2f} x matmul; {total / ORIGINAL_PIXELS_PER_SECOND:.2f} x'
+        f" the original's one-member-at-a-time {ORIGINAL_PIXELS_PER_SECOND:,.0f} pixels/s")
+  print(f'  one member alone, batch 64: {alone:,.0f} pixels/s; {alone * flops / 1e9:.0f} GFLOP/s'
+        f' = {alone * flops / 1e9 / matmul:.2f} x matmul; '
+        f'{alone / ORIGINAL_PIXELS_PER_SECOND:.2f} x the original')
+  print(f'peak RSS: {peak_rss_gb():.2f} GB (target <= 4 GB; the original: about 95 GB here)')
+
+
+class Stepper:
+  """interpreter.train's compiled step and state, timed over windows of steps."""
+
+  def __init__(self, data, layout, members):
+    self.arch = interpreter.InterpreterArch(layout.dim, NUM_CLASSES, members)
+    options = interpreter.TrainOptions(num_steps=1)
+    mesh = interpreter.make_mesh()
+    steps_per_epoch = data.num_pixels // options.batch_size
+    self.step = interpreter._make_train_step(  # pylint: disable=protected-access
+        self.arch, options, layout, mesh, 'members', steps_per_epoch, freeze_stopped=False)
+    self.state = jax.device_put(interpreter.init_state(self.arch, options, seed=0))
+    self.permutation = jax.device_put(interpreter.pixel_permutations(
+        0, 0, members, data.num_pixels, options.batch_size))
+    self.data = data
+    self.pixels_per_second(2)  # compile
+
+  def pixels_per_second(self, steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+      self.state, metrics = self.step(self.state, self.data.stores, self.data.labels,
+                                      self.permutation)
+    jax.block_until_ready(metrics)
+    return steps * self.arch.num_members * 64 / (time.perf_counter() - start)
+
+
+if __name__ == '__main__':
+  main()
