@@ -51,6 +51,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from dgan_jax import features as features_lib
+from dgan_jax.errors import InputError
 from dgan_jax.generators import checkpoint as checkpoint_lib
 
 Params = dict[str, Any]
@@ -278,12 +279,15 @@ def choose_parallel(parallel: str, num_members: int, batch_size: int, num_device
     if num_devices == 1 or num_members % num_devices == 0:
       return 'members'
     parallel = 'batch'
-  if parallel == 'members' and num_members % num_devices:
-    raise ValueError(f'{num_members} members do not split over {num_devices} devices')
-  if parallel == 'batch' and batch_size % num_devices:
-    raise ValueError(f'batch size {batch_size} does not split over {num_devices} devices')
   if parallel not in ('members', 'batch'):
-    raise ValueError(f"parallel must be 'auto', 'batch' or 'members', got {parallel!r}")
+    raise InputError(f"config.interpreter.parallel must be 'auto', 'batch' or 'members', "
+                     f'got {parallel!r}')
+  if parallel == 'members' and num_members % num_devices:
+    raise InputError(f'config.interpreter.parallel: {num_members} members do not split over '
+                     f'{num_devices} devices (use parallel="batch")')
+  if parallel == 'batch' and batch_size % num_devices:
+    raise InputError(f'config.interpreter.parallel: batch size {batch_size} does not split '
+                     f'over {num_devices} devices')
   return parallel
 
 
@@ -451,7 +455,7 @@ def _train(data, arch, options, seed, checkpoint_dir, mesh, progress, stop_after
   num_pixels = data.num_pixels
   steps_per_epoch = num_pixels // options.batch_size
   if steps_per_epoch == 0:
-    raise ValueError(f'{num_pixels} annotated pixels do not fill one batch of '
+    raise InputError(f'{num_pixels} annotated pixels do not fill one batch of '
                      f'{options.batch_size}')
   total_steps = options.num_steps or options.max_epochs * steps_per_epoch
   if stop_after is not None:
