@@ -18,7 +18,7 @@ import numpy as np
 
 from convert_weights import safe_load
 from dgan_jax import interpreter
-from dgan_jax.generators.checkpoint import CheckpointError
+from dgan_jax.generators.checkpoint import CheckpointError, unflatten
 
 # Our name -> (original layer index, original field, layout change).
 _NAME_MAP = {
@@ -102,7 +102,6 @@ def from_state_dicts(state_dicts: list[dict[str, np.ndarray]], sources: list[str
         raise CheckpointError(f'{source}: {name} has shape {member[name].shape}, member 0 '
                               f'implies {expected[name][1:]}')
     stacked[name] = np.stack([member[name] for member in members])
-  from dgan_jax.generators.checkpoint import unflatten  # pylint: disable=import-outside-toplevel
   tree = unflatten(stacked)
   return arch, tree['params'], tree['batch_stats']
 

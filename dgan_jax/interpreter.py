@@ -35,7 +35,6 @@ BatchNorm statistics reduced by XLA) or the member axis is.
 """
 
 import dataclasses
-import functools
 import json
 import os
 import time
@@ -45,7 +44,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
 from absl import logging as absl_logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
@@ -61,7 +59,7 @@ BATCHNORM_MOMENTUM = 0.1
 INIT_STD = 0.02
 FORMAT = 'dgan_jax.interpreter'
 FORMAT_VERSION = 1
-PIXEL_STREAM = 2  # fold_in stream of the pixel permutations (latents.py uses 0 and 1)
+PIXEL_STREAM = 2  # seeds the pixel permutations (latents.py streams are 0 and 1)
 INIT_STREAM = 3
 
 
