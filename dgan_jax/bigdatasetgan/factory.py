@@ -12,6 +12,7 @@ streams, so generated samples never repeat annotated ones.
 """
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import jax
@@ -108,8 +109,8 @@ class ClassFactory:
   Outputs (numpy): image uint8 [B, R, R, 3], label int32 [B, R, R] (1 = foreground),
   uncertainty float32 [B] (mean of the top `top_fraction` pixel JS divergences between
   the members' foreground probabilities), z float32 [B, dim_z], class_id int64 [B].
-  The batch is padded to `batch_size` samples (rounded up to a multiple of the local
-  devices) and sharded over the devices; outputs do not depend on the padding.
+  Each compiled call takes `batch_size` samples (padded, rounded up to a multiple of the
+  local devices) sharded over the devices; outputs do not depend on the padding.
   """
   generator: biggan.BigGANGenerator
   head_arch: head_lib.HeadArch
@@ -119,7 +120,7 @@ class ClassFactory:
   seed: int
   z_std: float = 0.9
   top_fraction: float = 0.1
-  batch_size: int = 0            # calls are padded to this many samples (one compilation)
+  batch_size: int = 0            # samples per compiled call (0: the whole call at once)
   devices: tuple = ()
 
   def __post_init__(self):
@@ -136,11 +137,11 @@ class ClassFactory:
         [(r, r) for r in g.feature_resolutions], g.feature_channels, (size, size))
     self.extra_features = {'class_id': np.int64}
     replicated = NamedSharding(self.mesh, P())
-    batch = NamedSharding(self.mesh, P('data'))
     self._variables = jax.device_put(self.head_variables, replicated)
     self._gen_params = jax.device_put(g.params, replicated)
-    self._batch_sharding = batch
-    self._step = jax.jit(self._compute, out_shardings=batch)
+    self._batch_sharding = NamedSharding(self.mesh, P('data'))
+    self._step = compiled_step(g.arch, jnp.dtype(g.dtype).name, self.head_arch,
+                               float(self.top_fraction))
 
   @property
   def num_samples(self) -> int:
@@ -150,28 +151,46 @@ class ClassFactory:
   def num_devices(self) -> int:
     return len(self.devices)
 
-  def _compute(self, gen_params, variables, class_ids, numbers):
-    g = self.generator
-    z = class_z(self.seed, GENERATE_STREAM, class_ids, numbers, g.dim_z, self.z_std)
-    vectors = jax.nn.one_hot(class_ids, g.num_classes, dtype=g.dtype)
-    embedding = biggan.embed_classes(gen_params, vectors)
-    image, maps = biggan.synthesis(gen_params, g.arch, z.astype(g.dtype), embedding)
-    logits, _ = head_lib.apply(self.head_arch, variables, maps, embedding, train=False)
-    label, _, score = label_and_score(logits, self.top_fraction)
-    return {'image': to_uint8(image), 'label': label, 'uncertainty': score, 'z': z,
-            'class_id': class_ids.astype(jnp.int32)}
-
   def __call__(self, indices) -> dict:
-    """indices [B] global sample ids in [0, num_samples) -> numpy outputs."""
+    """indices [B] global sample ids in [0, num_samples) -> numpy outputs, computed in
+    chunks of batch_size (when set) so every call runs the same compiled shape."""
     indices = np.asarray(indices, np.int64)
     if indices.size and (indices.min() < 0 or indices.max() >= self.num_samples):
       raise ValueError(f'sample indices must be in [0, {self.num_samples})')
+    chunk = self.batch_size or max(len(indices), 1)
+    parts = [self._run(indices[start:start + chunk])
+             for start in range(0, len(indices), chunk)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  def _run(self, indices: np.ndarray) -> dict:
     n = len(indices)
     padded = -(-max(n, self.batch_size) // self.num_devices) * self.num_devices
     indices = np.concatenate([indices, np.repeat(indices[-1:], padded - n)])
     class_ids, numbers = sample_plan(self.class_idx, self.samples_per_class, indices)
     class_ids, numbers = jax.device_put((class_ids, numbers), self._batch_sharding)
-    out = self._step(self._gen_params, self._variables, class_ids, numbers)
+    out = self._step(self._gen_params, self._variables, np.int32(self.seed),
+                     np.float32(self.z_std), class_ids, numbers)
     out = {k: np.asarray(v)[:n] for k, v in out.items()}
     out['class_id'] = out['class_id'].astype(np.int64)
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_step(gen_arch: biggan.BigGANArch, dtype_name: str,
+                  head_arch: head_lib.HeadArch, top_fraction: float):
+  """(generator params, head variables, seed, z_std, class ids [B], numbers [B]) -> the
+  ClassFactory outputs as device arrays; one compilation per architecture and shape."""
+  dtype = jnp.dtype(dtype_name)
+
+  @jax.jit
+  def step(gen_params, variables, seed, z_std, class_ids, numbers):
+    z = class_z(seed, GENERATE_STREAM, class_ids, numbers, gen_arch.dim_z, z_std)
+    vectors = jax.nn.one_hot(class_ids, gen_arch.num_classes, dtype=dtype)
+    embedding = biggan.embed_classes(gen_params, vectors)
+    image, maps = biggan.synthesis(gen_params, gen_arch, z.astype(dtype), embedding)
+    logits, _ = head_lib.apply(head_arch, variables, maps, embedding, train=False)
+    label, _, score = label_and_score(logits, top_fraction)
+    return {'image': to_uint8(image), 'label': label, 'uncertainty': score, 'z': z,
+            'class_id': class_ids.astype(jnp.int32)}
+
+  return step

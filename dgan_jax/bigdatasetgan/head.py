@@ -301,34 +301,34 @@ def apply(arch: HeadArch, variables: Params, feature_maps: Sequence[jax.Array],
   return jax.tree.map(lambda *leaves: jnp.stack(leaves), *outputs)
 
 
-def init(arch: HeadArch, key: jax.Array) -> Params:
-  """Stacked {'params', 'sn', 'batch_stats'}; member m draws from fold_in(key, m).
+def init(arch: HeadArch, seed: int | Sequence[int]) -> Params:
+  """Stacked {'params', 'sn', 'batch_stats'}; member m draws from
+  numpy.random.default_rng([*seed, m]) (host-side: no compilation).
 
   PyTorch's default initialisation: weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in))
   (fan_in: inputs times kernel area), batch-norm scales 1 and biases 0, running means 0
   and variances 1, power-iteration vectors N(0, 1)."""
   shapes = arch.member_shapes()
-
-  def one(member_key):
+  members = []
+  for m in range(arch.num_members):
+    rng = np.random.default_rng([*np.atleast_1d(seed).tolist(), m])
     flat = {}
-    for i, (name, shape) in enumerate(shapes.items()):
-      key = jax.random.fold_in(member_key, i)
+    for name, shape in shapes.items():
       kind, *_, leaf = name.split('/')
       if kind == 'sn':
-        flat[name] = jax.random.normal(key, shape)
+        value = rng.standard_normal(shape)
       elif kind == 'batch_stats':
-        flat[name] = jnp.zeros(shape) if leaf == 'mean' else jnp.ones(shape)
+        value = np.zeros(shape) if leaf == 'mean' else np.ones(shape)
       elif name.startswith('params/out/bn/'):
-        flat[name] = jnp.ones(shape) if leaf == 'scale' else jnp.zeros(shape)
+        value = np.ones(shape) if leaf == 'scale' else np.zeros(shape)
       else:
         weight_shape = shapes[name.rsplit('/', 1)[0] + '/weight']
-        fan_in = int(np.prod(weight_shape[:-1]))
-        bound = 1 / np.sqrt(fan_in)
-        flat[name] = jax.random.uniform(key, shape, minval=-bound, maxval=bound)
-    return checkpoint_lib.unflatten(flat)
-
-  keys = jax.vmap(lambda m: jax.random.fold_in(key, m))(jnp.arange(arch.num_members))
-  return jax.jit(jax.vmap(one))(keys)
+        bound = 1 / np.sqrt(np.prod(weight_shape[:-1]))
+        value = rng.uniform(-bound, bound, shape)
+      flat[name] = value.astype(np.float32)
+    members.append(flat)
+  stacked = {name: jnp.asarray(np.stack([f[name] for f in members])) for name in shapes}
+  return checkpoint_lib.unflatten(stacked)
 
 
 def binary_predictions(logits: jax.Array) -> jax.Array:

@@ -8,7 +8,7 @@ logit and the mask. Batches follow a fresh permutation of the annotated samples 
 epoch (numpy.random.default_rng([seed, BATCH_STREAM, epoch])), cut into whole batches.
 
 An ensemble of M heads trains at once: the members see the same batches (the generator
-runs once per step) and differ in their initialisation (fold_in(seed key, m)); their
+runs once per step) and differ in their initialisation (`head.init`); their
 losses are summed, so their gradients stay apart. The step is jit-compiled and
 data-parallel over the local devices (batch sharded, head replicated). The training
 state is checkpointed with orbax every `checkpoint_every` steps; a rerun resumes from
@@ -17,6 +17,7 @@ the newest checkpoint with the same batches it would have seen.
 
 import concurrent.futures
 import dataclasses
+import functools
 import os
 import time
 
@@ -67,26 +68,33 @@ def make_mesh(devices=None) -> Mesh:
 
 def init_state(arch: head_lib.HeadArch, options: TrainOptions, seed: int) -> dict:
   """{'params', 'sn', 'batch_stats', 'opt_state', 'step'}, members stacked."""
-  variables = head_lib.init(arch, jax.random.fold_in(jax.random.key(seed), INIT_STREAM))
+  variables = head_lib.init(arch, (seed, INIT_STREAM))
   return {**variables, 'opt_state': optax.adam(options.learning_rate).init(variables['params']),
           'step': jnp.zeros((), jnp.int32)}
 
 
-def generator_features(g, gen_params, z: jax.Array, class_ids: jax.Array):
+def generator_features(gen_arch: biggan.BigGANArch, dtype, gen_params, z: jax.Array,
+                       class_ids: jax.Array):
   """-> (image [B, R, R, 3], feature maps, class embedding [B, shared_dim]), frozen."""
-  vectors = jax.nn.one_hot(class_ids, g.num_classes, dtype=g.dtype)
+  vectors = jax.nn.one_hot(class_ids, gen_arch.num_classes, dtype=dtype)
   embedding = biggan.embed_classes(gen_params, vectors)
-  image, maps = biggan.synthesis(gen_params, g.arch, z.astype(g.dtype), embedding)
+  image, maps = biggan.synthesis(gen_params, gen_arch, z.astype(dtype), embedding)
   return jax.lax.stop_gradient((image, maps, embedding))
 
 
 def make_train_step(g, arch: head_lib.HeadArch, options: TrainOptions):
   """The compiled step (state, generator params, z [B, dim_z], class ids [B],
-  masks [B, S, S]) -> (state, {'loss': [M], 'accuracy': [M]})."""
+  masks [B, S, S]) -> (state, {'loss': [M], 'accuracy': [M]}); one per architecture."""
+  return _train_step(g.arch, jnp.dtype(g.dtype).name, arch, options)
+
+
+@functools.lru_cache(maxsize=None)
+def _train_step(gen_arch, dtype_name: str, arch: head_lib.HeadArch, options: TrainOptions):
   tx = optax.adam(options.learning_rate)   # PyTorch's defaults: b1 0.9, b2 0.999, eps 1e-8
+  dtype = jnp.dtype(dtype_name)
 
   def step_fn(state, gen_params, z, class_ids, masks):
-    _, maps, embedding = generator_features(g, gen_params, z, class_ids)
+    _, maps, embedding = generator_features(gen_arch, dtype, gen_params, z, class_ids)
     target = masks.astype(jnp.float32)[None]                    # [1, B, S, S]
 
     def loss_fn(params):
@@ -110,10 +118,16 @@ def make_train_step(g, arch: head_lib.HeadArch, options: TrainOptions):
 def make_predict(g, arch: head_lib.HeadArch):
   """Compiled evaluation: (generator params, head variables, z [B, dim_z], class ids [B])
   -> (image uint8 [B, R, R, 3], label [B, S, S] majority vote, pixel JS [B, S, S])."""
+  return _predict(g.arch, jnp.dtype(g.dtype).name, arch)
+
+
+@functools.lru_cache(maxsize=None)
+def _predict(gen_arch, dtype_name: str, arch: head_lib.HeadArch):
+  dtype = jnp.dtype(dtype_name)
 
   @jax.jit
   def predict(gen_params, variables, z, class_ids):
-    image, maps, embedding = generator_features(g, gen_params, z, class_ids)
+    image, maps, embedding = generator_features(gen_arch, dtype, gen_params, z, class_ids)
     logits, _ = head_lib.apply(arch, variables, maps, embedding, train=False)
     label, pixel_js, _ = factory_lib.label_and_score(logits, 1.0)
     return factory_lib.to_uint8(image), label, pixel_js
