@@ -158,6 +158,12 @@ def train_interpreter(config, workdir: str) -> None:
   if os.path.exists(os.path.join(out, 'interpreter.json')):
     logging.info('train_interpreter: %s exists, skipping', out)
     return
+  partial = out + '.partial'
+  if os.path.exists(os.path.join(partial, 'interpreter.json')):  # stopped while moving in
+    shutil.rmtree(os.path.join(partial, 'checkpoints'), ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    os.rename(partial, out)
+    return
   g = generators.from_config(config.generator, config.seed)
   layout = feature_layout(g, config.data)
   annotation_dir = _annotation_dir(config, workdir, layout.output_shape)
@@ -176,7 +182,6 @@ def train_interpreter(config, workdir: str) -> None:
           jnp.asarray([i]))
     return g.synthesize(w, noise=noise)
 
-  partial = out + '.partial'
   os.makedirs(partial, exist_ok=True)
   feature_dtype = jnp.dtype(config.interpreter.feature_dtype)
   stores, regenerated, seconds_per_image = features_lib.extract_stores(

@@ -93,3 +93,32 @@ def test_bad_mask_is_one_line_naming_the_file(trained, tmp_path):
 def _config():
   import importlib  # pylint: disable=import-outside-toplevel
   return importlib.import_module('configs.test').get_config()
+
+
+@pytest.mark.slow
+def test_interrupted_stage_resumes_from_its_checkpoints(trained, tmp_path, monkeypatch):
+  from dgan_jax import stages  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / 'work'
+  shutil.copytree(trained / 'annotate', workdir / 'annotate')
+  config = _config()
+  with config.unlocked():
+    config.interpreter.num_steps = 60
+    config.interpreter.checkpoint_every = 20
+    config.interpreter.log_every = 10
+  real_train = interpreter.train
+
+  def interrupted(*args, **kwargs):
+    real_train(*args, **kwargs, stop_after=45)
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(interpreter, 'train', interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    stages.train_interpreter(config, str(workdir))
+  partial = workdir / 'interpreter.partial'
+  assert (partial / 'check.png').exists() and not (workdir / 'interpreter').exists()
+  assert sorted(os.listdir(partial / 'checkpoints')) == ['40', '45']
+  monkeypatch.setattr(interpreter, 'train', real_train)
+  stages.train_interpreter(config, str(workdir))
+  history = np.load(workdir / 'interpreter' / 'history.npz')
+  assert history['step'].tolist() == [50, 60]  # resumed at step 45, not from scratch
+  assert json.loads((workdir / 'interpreter' / 'info.json').read_text())['steps'] == 60
