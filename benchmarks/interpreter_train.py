@@ -80,7 +80,6 @@ def main() -> None:
   parser.add_argument('--rounds', type=int, default=3)
   parser.add_argument('--feature-dtype', default='float32', choices=('float32', 'bfloat16'))
   args = parser.parse_args()
-  interpreter._keep_freed_memory()  # pylint: disable=protected-access  (as train() does)
   print(f'backend: {jax.default_backend()} ({jax.devices()[0].device_kind}), '
         f'{jax.device_count()} device(s)')
 
@@ -110,6 +109,7 @@ def main() -> None:
   data = interpreter.TrainData(stores, labels, layout)
   print(f'peak RSS after features: {peak_rss_gb():.2f} GB')
 
+  interpreter._keep_freed_memory()  # pylint: disable=protected-access  (as train() does)
   rounds = []
   steppers = {m: Stepper(data, layout, m) for m in (args.members, 1)}
   for _ in range(args.rounds):

@@ -416,8 +416,8 @@ def _keep_freed_memory() -> None:
   try:
     import ctypes  # pylint: disable=import-outside-toplevel
     libc = ctypes.CDLL('libc.so.6')
-    libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
-    libc.mallopt(-1, 1 << 31)  # M_TRIM_THRESHOLD
+    libc.mallopt(-3, 256 << 20)  # M_MMAP_THRESHOLD: blocks up to 256 MB from the heap
+    libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD: keep up to 512 MB of it free
   except (OSError, AttributeError):
     pass
 
