@@ -176,12 +176,20 @@ def _heat(values: np.ndarray) -> np.ndarray:
   return np.repeat(grey[..., None], 3, axis=-1).astype(np.uint8)
 
 
-def _predict_rows(g, arch, variables, data, count: int, palette: np.ndarray):
+def _in_batches(fn, ids: np.ndarray, batch: int) -> list[np.ndarray]:
+  """fn(ids chunk) -> tuple of arrays, run `batch` ids at a time and concatenated."""
+  parts = [tuple(np.asarray(a) for a in fn(ids[start:start + batch]))
+           for start in range(0, len(ids), batch)]
+  return [np.concatenate(column) for column in zip(*parts)]
+
+
+def _predict_rows(g, arch, variables, data, count: int, batch: int, palette: np.ndarray):
   """image | mask | prediction | disagreement rows for the first `count` samples."""
   predict = train_lib.make_predict(g, arch)
   ids = np.arange(min(count, len(data)))
-  images, labels, pixel_js = (np.asarray(a) for a in predict(
-      g.params, variables, data.latents[ids], data.class_ids[ids]))
+  images, labels, pixel_js = _in_batches(
+      lambda chunk: predict(g.params, variables, data.latents[chunk], data.class_ids[chunk]),
+      ids, batch)
   masks = data.masks(ids, arch.output_size)
   size, resolution = arch.output_size, g.resolution
   tiles = []
@@ -215,8 +223,9 @@ def train_head(config, workdir: str) -> None:
   partial = out + '.partial'
   os.makedirs(partial, exist_ok=True)
   check_ids = np.arange(min(CHECK_COUNT, len(data)))
-  regenerated, _ = g.synthesize(data.latents[check_ids], data.class_ids[check_ids],
-                                return_features=False)
+  regenerated, = _in_batches(
+      lambda chunk: g.synthesize(data.latents[chunk], data.class_ids[chunk],
+                                 return_features=False)[:1], check_ids, options.batch_size)
   check_path = os.path.join(partial, 'check.png')
   image_utils.save_png(check_path, _check_image(
       data, image_utils.to_uint8(np.asarray(regenerated)),
@@ -241,7 +250,8 @@ def train_head(config, workdir: str) -> None:
   start = time.time()
   state = train_lib.train(g, data, arch, options, config.seed, checkpoint_dir=checkpoints)
   variables = train_lib.variables_of(state)
-  preview, agreement = _predict_rows(g, arch, variables, data, CHECK_COUNT, palette)
+  preview, agreement = _predict_rows(g, arch, variables, data, CHECK_COUNT,
+                                     options.batch_size, palette)
   image_utils.save_png(os.path.join(partial, 'preview.png'), preview)
   history = state['history']
   info = {'num_annotated': len(data), 'classes': sorted(set(data.class_ids.tolist())),
