@@ -500,7 +500,8 @@ def test_per_class_samples_match_the_generator_and_heads(tiny_g, disagreeing_hea
   image, maps = g.synthesize(out['z'], out['class_id'])
   expected_image = np.clip(np.floor(np.asarray(image) * 127.5 + 128), 0, 255)
   assert np.abs(out['image'].astype(int) - expected_image).max() <= 1
-  logits, _ = head_lib.apply(arch, variables, maps, g.class_embedding(out['class_id']))
+  logits, _ = jax.jit(lambda v, m, e: head_lib.apply(arch, v, m, e))(
+      variables, maps, g.class_embedding(out['class_id']))
   logits = np.asarray(logits, np.float64)[..., 0]                  # [M, B, S, S]
   votes = (logits > 0).sum(axis=0)
   np.testing.assert_array_equal(out['label'], (votes > 1).astype(int))  # 2 members: tie -> 0

@@ -54,6 +54,10 @@ def _generator(config):
   if config.data.num_classes != 2:
     raise InputError(f'config.data.num_classes is {config.data.num_classes}; the BigDatasetGAN '
                      'head labels foreground/background: set it to 2')
+  for field in ('crop_rows', 'feature_size'):
+    if config.data[field]:
+      raise InputError(f'config.data.{field} is not used with BigGAN generators (labels are '
+                       'at the image resolution): leave it empty')
   return g
 
 
