@@ -1,0 +1,2 @@
+"""BigDatasetGAN: BigGAN as a labelled-data generator (head.py, layout.py, train.py,
+factory.py, stages.py)."""
