@@ -2,6 +2,7 @@
 (tests/torch_deeplab.py, torchvision's module names); BatchNorm in training and
 evaluation; the converter's failure modes."""
 
+import functools
 import os
 
 import jax
@@ -228,3 +229,31 @@ def test_initialization_follows_torchvision():
                                 params['backbone']['conv1']['kernel'])
   assert not np.array_equal(other['backbone']['conv1']['kernel'],
                             params['backbone']['conv1']['kernel'])
+
+
+@pytest.mark.parametrize('kernel,stride,dilation,channels,size,path', [
+    (3, 1, 2, 16, (40, 36), 'tap_gradient'),   # dilated, little padding
+    (3, 2, 1, 24, (45, 37), 'tap_gradient'),   # strided, odd input size
+    (3, 1, 12, 16, (36, 40), 'valid_taps'),    # dilation large for the map (the ASPP's)
+    (7, 2, 1, 3, (45, 37), 'xla'),             # the stem
+    (3, 1, 5, 16, (13, 11), 'xla'),            # a small map
+    (1, 2, 1, 16, (13, 11), 'matmul'),         # 1x1 strided
+])
+def test_conv_gradients_equal_xla_convolution(kernel, stride, dilation, channels, size, path):
+  if kernel > 1 and stride == 1 and size[0] * size[1] >= deeplab.MIN_TAP_PIXELS:
+    share = deeplab._inside_share(*size, kernel, dilation)  # pylint: disable=protected-access
+    assert (share < 1 - deeplab.MAX_PADDING_SHARE) == (path == 'valid_taps')
+  key_x, key_w, key_g = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(key_x, (2, *size, channels))
+  w = jax.random.normal(key_w, (kernel, kernel, channels, 8))
+  pad = dilation * (kernel - 1) // 2
+  reference = lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (stride, stride), ((pad, pad), (pad, pad)), rhs_dilation=(dilation, dilation),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  out, vjp = jax.vjp(jax.jit(functools.partial(deeplab.conv2d, stride=stride,
+                                                dilation=dilation)), x, w)
+  expected, expected_vjp = jax.vjp(reference, x, w)
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4)
+  g = jax.random.normal(key_g, out.shape)
+  for ours, theirs in zip(vjp(g), expected_vjp(g)):
+    assert relative_error(ours, theirs) < 1e-5

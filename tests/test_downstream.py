@@ -246,6 +246,13 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
   assert not _leaves_equal(first['params'], last['params'])
   assert not _leaves_equal(first['batch_stats'], last['batch_stats'])
   assert os.path.isfile(tmp_path / 'straight' / 'train_batch.png')
+  # Other training options: the checkpoints are not resumed from but removed.
+  assert train_lib.train(TINY, source, _options(learning_rate=1e-4), 0, resumed_dir,
+                         progress=False, stop_after_epochs=0) is None
+  assert train_lib.epoch_checkpoints(resumed_dir) == []
+  assert not train_lib.is_complete(resumed_dir)
+  with open(os.path.join(resumed_dir, 'run.json')) as f:
+    assert json.load(f)['options']['learning_rate'] == 1e-4
 
 
 _DEVICES_SCRIPT = textwrap.dedent('''

@@ -15,6 +15,7 @@ batch depends on (seed, step) only: a resumed run sees what an uninterrupted one
 import concurrent.futures
 import dataclasses
 import os
+import threading
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -108,13 +109,16 @@ class SyntheticSource:
     self.data_dir = data_dir
     self._source = tfds.builder_from_directory(data_dir).as_data_source(split)
     self._lookup = lookup
+    self._lock = threading.Lock()   # Batches reads from several threads
 
   def __len__(self) -> int:
     return len(self._source)
 
   def get(self, indices: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    with self._lock:
+      examples = self._source.__getitems__([int(i) for i in indices])
     out = []
-    for example in self._source.__getitems__([int(i) for i in indices]):
+    for example in examples:
       label = example['label']
       if self._lookup is not None:
         label = self._lookup[label]

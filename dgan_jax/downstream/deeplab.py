@@ -32,9 +32,10 @@ initializers. Parameter names follow torchvision's with `.` -> `/` and `layer{i}
 """
 
 import dataclasses
+import functools
 import json
 import os
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -103,13 +104,130 @@ def _batch_norm(train: bool, name: str, dtype) -> nn.BatchNorm:
                       epsilon=BATCHNORM_EPS, dtype=dtype, name=name)
 
 
+# XLA's CPU backend computes the kernel gradient of a convolution as another
+# convolution at 5-20 GFLOP/s on this machine's 2 cores, 3-12x slower than the same sums
+# as matrix products, and spends most of a heavily dilated convolution (the ASPP's rates
+# 24 and 36 on a 64x64 map) multiplying padding. So: 1x1 convolutions are matrix
+# products (their gradients follow), and on CPU
+#   * a stride-1 convolution whose taps would read padding for more than a tenth of
+#     their products is a sum of one matrix product per tap over the output window the
+#     tap reads inside the image (`_conv_valid_taps`; gradients by autodiff);
+#   * otherwise the kernel gradient of a k x k convolution is one matrix product per tap,
+#       dW[i, j] = sum over (b, y, x) of x_pad[b, y*s + i*d, x*s + j*d, :]^T g[b, y, x, :],
+#     except when the input has few channels (the stem), where XLA's own is faster.
+# Maps smaller than MIN_TAP_PIXELS (test networks) keep XLA's convolution: more ops
+# compile slower and there is no time to win.
+TAP_GRADIENT_MIN_CHANNELS = 16
+MAX_PADDING_SHARE = 0.1
+MIN_TAP_PIXELS = 1024
+
+
+def _lax_conv(x, kernel, stride: int, dilation: int):
+  pad = dilation * (kernel.shape[0] - 1) // 2
+  return jax.lax.conv_general_dilated(
+      x, kernel, (stride, stride), ((pad, pad), (pad, pad)), rhs_dilation=(dilation, dilation),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_tap_gradient(x, kernel, stride: int, dilation: int):
+  return _lax_conv(x, kernel, stride, dilation)
+
+
+def _conv_tap_gradient_fwd(x, kernel, stride, dilation):
+  return _lax_conv(x, kernel, stride, dilation), (x, kernel)
+
+
+def _conv_tap_gradient_bwd(stride, dilation, residuals, g):
+  x, kernel = residuals
+  _, input_vjp = jax.vjp(lambda x_: _lax_conv(x_, kernel, stride, dilation), x)
+  k = kernel.shape[0]
+  pad = dilation * (k - 1) // 2
+  padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  out_h, out_w = g.shape[1:3]
+  taps = [[jnp.einsum('bhwc,bhwd->cd',
+                      padded[:, i * dilation:i * dilation + (out_h - 1) * stride + 1:stride,
+                             j * dilation:j * dilation + (out_w - 1) * stride + 1:stride],
+                      g, preferred_element_type=jnp.float32)
+           for j in range(k)] for i in range(k)]
+  return input_vjp(g)[0], jnp.asarray(taps).astype(kernel.dtype)
+
+
+_conv_tap_gradient.defvjp(_conv_tap_gradient_fwd, _conv_tap_gradient_bwd)
+
+
+def _tap_windows(size: int, kernel: int, dilation: int) -> list[tuple[int, int, int]]:
+  """Per tap along one axis of a stride-1 'same' convolution: (offset, first, stop) of
+  the output positions whose input position (output + offset) is inside 0..size-1."""
+  centre = kernel // 2
+  windows = []
+  for i in range(kernel):
+    offset = (i - centre) * dilation
+    windows.append((offset, max(0, -offset), min(size, size - offset)))
+  return windows
+
+
+def _inside_share(height: int, width: int, kernel: int, dilation: int) -> float:
+  """Share of a stride-1 'same' convolution's tap products that read the image."""
+  share = 1.0
+  for size in (height, width):
+    share *= sum(max(0, stop - first) for _, first, stop in
+                 _tap_windows(size, kernel, dilation)) / (kernel * size)
+  return share
+
+
+def _conv_valid_taps(x, kernel, dilation: int):
+  """Stride-1 'same' convolution as a sum over taps of matrix products on the windows
+  that read inside the image."""
+  k = kernel.shape[0]
+  height, width = x.shape[1:3]
+  out = jnp.zeros(x.shape[:3] + (kernel.shape[-1],), x.dtype)
+  for i, (dy, y0, y1) in enumerate(_tap_windows(height, k, dilation)):
+    for j, (dx, x0, x1) in enumerate(_tap_windows(width, k, dilation)):
+      if y0 < y1 and x0 < x1:
+        out = out.at[:, y0:y1, x0:x1].add(jnp.einsum(
+            'bhwc,cd->bhwd', x[:, y0 + dy:y1 + dy, x0 + dx:x1 + dx], kernel[i, j]))
+  return out
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, dilation: int = 1) -> jax.Array:
+  """PyTorch-style convolution (symmetric zero padding dilation * (k - 1) // 2):
+  x [B, H, W, C_in], kernel [k, k, C_in, C_out] -> [B, H', W', C_out]. The same function
+  as lax.conv_general_dilated; only how its gradients are computed differs (above)."""
+  k = kernel.shape[0]
+  if k == 1:
+    return jnp.einsum('bhwc,cd->bhwd', x[:, ::stride, ::stride], kernel[0, 0])
+  if jax.default_backend() == 'cpu' and x.shape[1] * x.shape[2] >= MIN_TAP_PIXELS:
+    if stride == 1 and _inside_share(x.shape[1], x.shape[2], k, dilation) < 1 - MAX_PADDING_SHARE:
+      return _conv_valid_taps(x, kernel, dilation)
+    if x.shape[-1] >= TAP_GRADIENT_MIN_CHANNELS:
+      return _conv_tap_gradient(x, kernel, stride, dilation)
+  return _lax_conv(x, kernel, stride, dilation)
+
+
+class Conv(nn.Module):
+  """A square convolution through `conv2d`; params 'kernel' [k, k, C_in, C_out] (HWIO)
+  and, with use_bias, 'bias' [C_out]."""
+  features: int
+  kernel_size: int
+  stride: int = 1
+  dilation: int = 1
+  use_bias: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
+    y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.dilation)
+    if self.use_bias:
+      y = y + self.param('bias', nn.initializers.zeros, (self.features,)).astype(self.dtype)
+    return y
+
+
 def _conv(features: int, kernel: int, stride: int = 1, dilation: int = 1, *, name: str,
-          dtype) -> nn.Conv:
-  """PyTorch-style conv: symmetric zero padding dilation * (kernel - 1) // 2."""
-  pad = dilation * (kernel - 1) // 2
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((pad, pad), (pad, pad)), kernel_dilation=(dilation, dilation),
-                 use_bias=False, dtype=dtype, name=name)
+          dtype) -> Conv:
+  return Conv(features, kernel, stride, dilation, dtype=dtype, name=name)
 
 
 class Bottleneck(nn.Module):
@@ -194,7 +312,7 @@ class DeepLabHead(nn.Module):
   def __call__(self, x, train: bool):
     x = ASPP(self.arch, self.dtype, name='aspp')(x, train)
     x = ConvBNReLU(self.arch.aspp_channels, 3, dtype=self.dtype, name='block')(x, train)
-    return nn.Conv(self.arch.num_classes, (1, 1), dtype=self.dtype, name='out')(x)
+    return Conv(self.arch.num_classes, 1, use_bias=True, dtype=self.dtype, name='out')(x)
 
 
 class DeepLabV3(nn.Module):

@@ -147,8 +147,10 @@ def train_downstream(config, workdir: str) -> None:
   for run in runs:
     run_dir = os.path.join(workdir, 'downstream', run)
     if train_lib.is_complete(run_dir):
-      logging.info('train_downstream: %s is complete, skipping', run_dir)
-      continue
+      with open(os.path.join(run_dir, 'train.json')) as f:
+        if json.load(f)['epochs'] == d.epochs:
+          logging.info('train_downstream: %s is complete, skipping', run_dir)
+          continue
     if run == 'synthetic':
       source = _synthetic_source(config, workdir, lookup)
       steps = d.steps_per_epoch

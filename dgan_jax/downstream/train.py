@@ -17,12 +17,16 @@ A run directory holds:
                   newest is kept; a rerun resumes from it
   history.json    per epoch: mean loss, pixel accuracy, seconds, images/s
   train_batch.png the first training batch (augmented images | labels)
+  run.json        what the checkpoints depend on (arch, options but epochs, seed, number
+                  of examples); a rerun with other values starts over, with more epochs
+                  it continues
   train.json      written last: the run is complete
 """
 
 import dataclasses
 import json
 import os
+import shutil
 import time
 from typing import Any
 
@@ -171,6 +175,26 @@ def train(arch: deeplab.DeepLabArch, source, options: TrainOptions, seed: int, r
     raise InputError(f'{len(source)} training images do not fill one batch of '
                      f'{options.batch_size}')
   os.makedirs(run_dir, exist_ok=True)
+  # What the weights depend on (more epochs extend a run; logging and threads do not count).
+  recipe = {k: v for k, v in dataclasses.asdict(options).items()
+            if k not in ('epochs', 'log_every', 'workers')}
+  run = json.loads(json.dumps({'arch': arch.to_json(), 'options': recipe, 'seed': seed,
+                               'num_examples': len(source),
+                               'steps_per_epoch': steps_per_epoch}))
+  run_path = os.path.join(run_dir, 'run.json')
+  if os.path.exists(run_path):
+    with open(run_path) as f:
+      if json.load(f) != run:
+        logging.warning('downstream %s: the config or data changed since %s was written; '
+                        'starting over', description, run_path)
+        for name in ('epochs', 'state', 'history.json', 'train_batch.png', 'train.json'):
+          path = os.path.join(run_dir, name)
+          if os.path.isdir(path):
+            shutil.rmtree(path)
+          elif os.path.exists(path):
+            os.remove(path)
+  if jax.process_index() == 0:
+    _write_json(run_path, run)
   batches = data_lib.Batches(source, options.batch_size, seed, options.augment(),
                              jax.process_index(), jax.process_count(), options.workers)
   model = deeplab.DeepLabV3(arch, DTYPES[options.dtype])
