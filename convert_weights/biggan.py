@@ -92,14 +92,7 @@ def _apply_name_map(state_dict: dict, names: NameMap, source: str, what: str,
   missing = [k for k in wanted if k not in state_dict]
   used = set(wanted)
   unexpected = [k for k in state_dict if k not in used and not ignore(k)]
-  if missing or unexpected:
-    parts = []
-    for label, keys in (('missing key(s)', missing), ('unexpected key(s)', unexpected)):
-      if keys:
-        parts.append(f'{len(keys)} {label}: ' + ', '.join(keys[:6])
-                     + (f' (+{len(keys) - 6} more)' if len(keys) > 6 else ''))
-    raise CheckpointError(f'{source}: not a {what} checkpoint of the expected layout; '
-                          + '; '.join(parts))
+  checkpoint.check_source_keys(missing, unexpected, source, f'{what} checkpoint')
   flat = {}
   for dst, (sources, transform) in names.items():
     try:

@@ -112,16 +112,9 @@ def _tf_name_map(arch: stylegan1.StyleGAN1Arch) -> dict[str, tuple[str, callable
 def _apply_name_map(source_arrays: dict[str, np.ndarray], names: dict, source: str,
                     ignore=lambda name: False) -> dict:
   present = {k: v for k, v in source_arrays.items() if not ignore(k)}
-  missing = [k for k in names if k not in present]
-  unexpected = [k for k in present if k not in names]
-  if missing or unexpected:
-    parts = []
-    for label, keys in (('missing key(s)', missing), ('unexpected key(s)', unexpected)):
-      if keys:
-        parts.append(f'{len(keys)} {label}: ' + ', '.join(keys[:6])
-                     + (f' (+{len(keys) - 6} more)' if len(keys) > 6 else ''))
-    raise CheckpointError(f'{source}: not a StyleGAN (v1) checkpoint of the expected layout; '
-                          + '; '.join(parts))
+  checkpoint.check_source_keys([k for k in names if k not in present],
+                               [k for k in present if k not in names], source,
+                               'StyleGAN (v1) checkpoint')
   flat = {dst: np.asarray(transform(present[src]), np.float32)
           for src, (dst, transform) in names.items()}
   return flat

@@ -49,6 +49,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from dgan_jax import features as features_lib
+from dgan_jax import uncertainty
 from dgan_jax.errors import InputError
 from dgan_jax.generators import checkpoint as checkpoint_lib
 
@@ -166,9 +167,8 @@ def head(params: Params, batch_stats: Params, first_layer: jax.Array) -> jax.Arr
 def majority_vote(member_logits: jax.Array) -> jax.Array:
   """[M, P, C] -> [P] int32: the class most members pick (ties: the smallest id, as
   scipy.stats.mode in the original)."""
-  votes = jax.nn.one_hot(jnp.argmax(member_logits, axis=-1), member_logits.shape[-1],
-                         dtype=jnp.int32).sum(axis=0)
-  return jnp.argmax(votes, axis=-1).astype(jnp.int32)
+  return uncertainty.majority_vote(jnp.argmax(member_logits, axis=-1),
+                                   member_logits.shape[-1]).astype(jnp.int32)
 
 
 @jax.jit

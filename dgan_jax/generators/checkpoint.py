@@ -47,6 +47,21 @@ def unflatten(flat: dict[str, Any]) -> dict:
   return tree
 
 
+def describe_names(label: str, names: list[str], shown: int = 6) -> str:
+  """'3 missing key(s): a, b, c' with at most `shown` names listed."""
+  more = f' (+{len(names) - shown} more)' if len(names) > shown else ''
+  return f'{len(names)} {label}: ' + ', '.join(names[:shown]) + more
+
+
+def check_source_keys(missing: list[str], unexpected: list[str], source: str,
+                      what: str) -> None:
+  """CheckpointError naming every missing and unexpected key of a source checkpoint."""
+  if missing or unexpected:
+    parts = [describe_names(label, keys) for label, keys in
+             (('missing key(s)', missing), ('unexpected key(s)', unexpected)) if keys]
+    raise CheckpointError(f'{source}: not a {what} of the expected layout; ' + '; '.join(parts))
+
+
 def check_names_and_shapes(arrays: dict[str, np.ndarray], expected: dict[str, tuple],
                            source: str) -> None:
   """Raises CheckpointError listing missing, unexpected and misshapen entries."""
@@ -54,12 +69,9 @@ def check_names_and_shapes(arrays: dict[str, np.ndarray], expected: dict[str, tu
   unexpected = [k for k in arrays if k not in expected]
   misshapen = [f'{k}: {tuple(arrays[k].shape)} != {tuple(s)}' for k, s in expected.items()
                if k in arrays and tuple(arrays[k].shape) != tuple(s)]
-  problems = []
-  for label, names in (('missing', missing), ('unexpected', unexpected),
-                       ('wrong shape', misshapen)):
-    if names:
-      shown = ', '.join(names[:6]) + (f' (+{len(names) - 6} more)' if len(names) > 6 else '')
-      problems.append(f'{len(names)} {label}: {shown}')
+  problems = [describe_names(label, names) for label, names in
+              (('missing', missing), ('unexpected', unexpected), ('wrong shape', misshapen))
+              if names]
   if problems:
     raise CheckpointError(f'{source}: ' + '; '.join(problems))
 
