@@ -187,19 +187,13 @@ def save(directory: str, arch: InterpreterArch, params: Params, batch_stats: Par
   """Writes `interpreter.json` and `params.npz` into `directory` (created if needed),
   each under a temporary name first; `interpreter.json` last, so a directory that has
   it holds a complete ensemble."""
-  os.makedirs(directory, exist_ok=True)
   flat = checkpoint_lib.flatten({'params': jax.device_get(params),
                                  'batch_stats': jax.device_get(batch_stats)})
   checkpoint_lib.check_names_and_shapes(flat, arch.param_shapes(), directory)
-  params_path = os.path.join(directory, 'params.npz')
-  with open(params_path + '.partial', 'wb') as f:
-    np.savez(f, **{k: np.asarray(v, np.float32) for k, v in flat.items()})
-  os.replace(params_path + '.partial', params_path)
-  meta_path = os.path.join(directory, 'interpreter.json')
-  with open(meta_path + '.partial', 'w') as f:
-    json.dump({'format': FORMAT, 'format_version': FORMAT_VERSION, 'arch': arch.to_json(),
-               **(info or {})}, f, indent=2)
-  os.replace(meta_path + '.partial', meta_path)
+  checkpoint_lib.write_arrays_and_meta(
+      directory, 'interpreter.json', flat,
+      {'format': FORMAT, 'format_version': FORMAT_VERSION, 'arch': arch.to_json(),
+       **(info or {})})
 
 
 def load(directory: str) -> tuple[InterpreterArch, Params, Params, dict]:

@@ -345,18 +345,12 @@ def binary_predictions(logits: jax.Array) -> jax.Array:
 def save(directory: str, arch: HeadArch, variables: Params, info: dict | None = None) -> None:
   """Writes params.npz then head.json (each under a temporary name first), so a
   directory holding head.json holds a complete head."""
-  os.makedirs(directory, exist_ok=True)
   flat = checkpoint_lib.flatten(jax.device_get(variables))
   checkpoint_lib.check_names_and_shapes(flat, arch.param_shapes(), directory)
-  params_path = os.path.join(directory, 'params.npz')
-  with open(params_path + '.partial', 'wb') as f:
-    np.savez(f, **{k: np.asarray(v, np.float32) for k, v in flat.items()})
-  os.replace(params_path + '.partial', params_path)
-  meta_path = os.path.join(directory, 'head.json')
-  with open(meta_path + '.partial', 'w') as f:
-    json.dump({'format': FORMAT, 'format_version': FORMAT_VERSION, 'arch': arch.to_json(),
-               **(info or {})}, f, indent=2)
-  os.replace(meta_path + '.partial', meta_path)
+  checkpoint_lib.write_arrays_and_meta(
+      directory, 'head.json', flat,
+      {'format': FORMAT, 'format_version': FORMAT_VERSION, 'arch': arch.to_json(),
+       **(info or {})})
 
 
 def load(directory: str) -> tuple[HeadArch, Params, dict]:

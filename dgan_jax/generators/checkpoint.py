@@ -102,6 +102,21 @@ def save(directory: str, arch: dict, params: dict, extras: dict[str, np.ndarray]
     raise
 
 
+def write_arrays_and_meta(directory: str, meta_name: str, arrays: dict[str, np.ndarray],
+                          meta: dict) -> None:
+  """`params.npz` then `meta_name` (JSON) into `directory`, each under a temporary name
+  first; the JSON last, so a directory holding it holds complete arrays."""
+  os.makedirs(directory, exist_ok=True)
+  params_path = os.path.join(directory, 'params.npz')
+  with open(params_path + '.partial', 'wb') as f:
+    np.savez(f, **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
+  os.replace(params_path + '.partial', params_path)
+  meta_path = os.path.join(directory, meta_name)
+  with open(meta_path + '.partial', 'w') as f:
+    json.dump(meta, f, indent=2)
+  os.replace(meta_path + '.partial', meta_path)
+
+
 def read(directory: str) -> tuple[dict, dict[str, np.ndarray]]:
   """-> (generator.json contents, flat arrays). Clear errors for missing/corrupt files."""
   meta_path = os.path.join(directory, 'generator.json')
