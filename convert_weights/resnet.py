@@ -83,20 +83,11 @@ def head_name_map(num_rates: int) -> dict[str, tuple[str, callable]]:
   return names
 
 
-def _describe(label: str, keys: list[str]) -> str:
-  return (f'{len(keys)} {label}: ' + ', '.join(keys[:6])
-          + (f' (+{len(keys) - 6} more)' if len(keys) > 6 else ''))
-
-
 def _apply_name_map(state: dict[str, np.ndarray], names: dict, source: str,
                     what: str) -> dict[str, np.ndarray]:
-  missing = [k for k in names if k not in state]
-  unexpected = [k for k in state if k not in names]
-  if missing or unexpected:
-    parts = [_describe(label, keys) for label, keys in
-             (('missing key(s)', missing), ('unexpected key(s)', unexpected)) if keys]
-    raise CheckpointError(f'{source}: not a torchvision {what} of the expected layout; '
-                          + '; '.join(parts))
+  checkpoint.check_source_keys([k for k in names if k not in state],
+                               [k for k in state if k not in names], source,
+                               f'torchvision {what}')
   return {dst: np.asarray(transform(state[src]), np.float32)
           for src, (dst, transform) in names.items()}
 
