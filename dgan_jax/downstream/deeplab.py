@@ -22,8 +22,10 @@ PyTorch's align_corners=False) to the input size.
 
 BatchNorm: in training, batch statistics (over every device's part of the batch: the
 step is jitted over a sharded batch, so XLA reduces across devices) and running averages
-updated with momentum 0.1 in PyTorch's convention (flax momentum 0.9); in evaluation,
-the running averages. eps 1e-5. Convolutions have no bias except the last.
+updated with momentum 0.1 in PyTorch's convention (flax momentum 0.9; the running
+variance takes in the biased batch variance where PyTorch takes the unbiased one, a
+factor n/(n-1) over n = batch x height x width values); in evaluation, the running
+averages. eps 1e-5. Convolutions have no bias except the last.
 
 Initial values come from `init` (torchvision's initialization), not from the modules'
 initializers. Parameter names follow torchvision's with `.` -> `/` and `layer{i}.{j}` ->
