@@ -35,7 +35,6 @@ BatchNorm statistics reduced by XLA) or the member axis is.
 """
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any, Callable, Sequence
@@ -198,23 +197,14 @@ def save(directory: str, arch: InterpreterArch, params: Params, batch_stats: Par
 
 def load(directory: str) -> tuple[InterpreterArch, Params, Params, dict]:
   """-> (arch, params, batch_stats, interpreter.json contents)."""
+  meta, arrays = checkpoint_lib.read_arrays_and_meta(
+      directory, 'interpreter.json', f'{directory} is not a saved interpreter')
   meta_path = os.path.join(directory, 'interpreter.json')
   params_path = os.path.join(directory, 'params.npz')
-  for path in (meta_path, params_path):
-    if not os.path.isfile(path):
-      raise checkpoint_lib.CheckpointError(f'{path}: missing; {directory} is not a saved '
-                                           'interpreter')
   try:
-    with open(meta_path) as f:
-      meta = json.load(f)
     arch = InterpreterArch(**meta['arch'])
-  except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+  except (KeyError, TypeError) as e:
     raise checkpoint_lib.CheckpointError(f'{meta_path}: not a {FORMAT} file ({e})') from None
-  try:
-    with np.load(params_path, allow_pickle=False) as npz:
-      arrays = {k: npz[k] for k in npz.files}
-  except (ValueError, OSError, EOFError) as e:
-    raise checkpoint_lib.CheckpointError(f'{params_path}: corrupt or truncated ({e})') from None
   checkpoint_lib.check_names_and_shapes(arrays, arch.param_shapes(), params_path)
   tree = jax.tree.map(jnp.asarray, checkpoint_lib.unflatten(arrays))
   return arch, tree['params'], tree['batch_stats'], meta

@@ -45,7 +45,6 @@ An ensemble of M heads stores every leaf stacked on a leading member axis [M, ..
 """
 
 import dataclasses
-import json
 import os
 from typing import Any, Sequence
 
@@ -355,22 +354,13 @@ def save(directory: str, arch: HeadArch, variables: Params, info: dict | None = 
 
 def load(directory: str) -> tuple[HeadArch, Params, dict]:
   """-> (arch, stacked variables, head.json contents)."""
+  meta, arrays = checkpoint_lib.read_arrays_and_meta(
+      directory, 'head.json', f'{directory} is not a saved segmentation head')
   meta_path = os.path.join(directory, 'head.json')
   params_path = os.path.join(directory, 'params.npz')
-  for path in (meta_path, params_path):
-    if not os.path.isfile(path):
-      raise checkpoint_lib.CheckpointError(f'{path}: missing; {directory} is not a saved '
-                                           'segmentation head')
   try:
-    with open(meta_path) as f:
-      meta = json.load(f)
     arch = HeadArch(**meta['arch'])
-  except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+  except (KeyError, TypeError, ValueError) as e:
     raise checkpoint_lib.CheckpointError(f'{meta_path}: not a {FORMAT} file ({e})') from None
-  try:
-    with np.load(params_path, allow_pickle=False) as npz:
-      arrays = {k: npz[k] for k in npz.files}
-  except (ValueError, OSError, EOFError) as e:
-    raise checkpoint_lib.CheckpointError(f'{params_path}: corrupt or truncated ({e})') from None
   checkpoint_lib.check_names_and_shapes(arrays, arch.param_shapes(), params_path)
   return arch, jax.tree.map(jnp.asarray, checkpoint_lib.unflatten(arrays)), meta

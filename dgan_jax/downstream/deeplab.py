@@ -35,7 +35,6 @@ initializers. Parameter names follow torchvision's with `.` -> `/` and `layer{i}
 
 import dataclasses
 import functools
-import json
 import os
 from typing import Any
 
@@ -403,24 +402,12 @@ def count_params(params) -> int:
 def load_converted(directory: str) -> tuple[dict, dict[str, np.ndarray]]:
   """A directory written by `python -m convert_weights resnet` -> (resnet.json contents,
   flat arrays). Read with allow_pickle=False; clear errors for missing/corrupt files."""
-  meta_path = os.path.join(directory, 'resnet.json')
-  params_path = os.path.join(directory, 'params.npz')
-  for path in (meta_path, params_path):
-    if not os.path.isfile(path):
-      raise CheckpointError(f'{path}: missing; convert a torchvision ResNet with '
-                            '`python -m convert_weights resnet SRC DST`')
-  try:
-    with open(meta_path) as f:
-      meta = json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise CheckpointError(f'{meta_path}: not valid JSON ({e})') from None
+  meta, arrays = checkpoint_lib.read_arrays_and_meta(
+      directory, 'resnet.json',
+      'convert a torchvision ResNet with `python -m convert_weights resnet SRC DST`')
   if meta.get('format') != CONVERTED_FORMAT or 'arch' not in meta:
-    raise CheckpointError(f'{meta_path}: not a {CONVERTED_FORMAT} file')
-  try:
-    with np.load(params_path, allow_pickle=False) as npz:
-      arrays = {k: npz[k] for k in npz.files}
-  except (ValueError, OSError, EOFError) as e:
-    raise CheckpointError(f'{params_path}: corrupt or truncated ({e})') from None
+    raise CheckpointError(f'{os.path.join(directory, "resnet.json")}: not a '
+                          f'{CONVERTED_FORMAT} file')
   return meta, arrays
 
 

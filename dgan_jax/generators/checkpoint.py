@@ -117,26 +117,37 @@ def write_arrays_and_meta(directory: str, meta_name: str, arrays: dict[str, np.n
   os.replace(meta_path + '.partial', meta_path)
 
 
-def read(directory: str) -> tuple[dict, dict[str, np.ndarray]]:
-  """-> (generator.json contents, flat arrays). Clear errors for missing/corrupt files."""
-  meta_path = os.path.join(directory, 'generator.json')
+def read_arrays_and_meta(directory: str, meta_name: str,
+                         missing_hint: str) -> tuple[dict, dict[str, np.ndarray]]:
+  """-> (meta_name's JSON, params.npz's flat arrays), read as data (allow_pickle=False).
+  CheckpointError naming the file when one is missing, not JSON, corrupt or truncated."""
+  meta_path = os.path.join(directory, meta_name)
   params_path = os.path.join(directory, 'params.npz')
-  if not os.path.isdir(directory):
-    raise CheckpointError(f'{directory}: no such checkpoint directory (convert one with '
-                          '`python -m convert_weights stylegan1 SRC DST`)')
   for path in (meta_path, params_path):
     if not os.path.isfile(path):
-      raise CheckpointError(f'{path}: missing; {directory} is not a complete converted checkpoint')
+      raise CheckpointError(f'{path}: missing; {missing_hint}')
   try:
     with open(meta_path) as f:
       meta = json.load(f)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise CheckpointError(f'{meta_path}: not valid JSON ({e})') from None
-  if meta.get('format') != FORMAT or 'arch' not in meta:
-    raise CheckpointError(f'{meta_path}: not a {FORMAT} file')
+  if not isinstance(meta, dict):
+    raise CheckpointError(f'{meta_path}: not a JSON object')
   try:
     with np.load(params_path, allow_pickle=False) as npz:
       arrays = {k: npz[k] for k in npz.files}
   except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
     raise CheckpointError(f'{params_path}: corrupt or truncated ({e})') from None
+  return meta, arrays
+
+
+def read(directory: str) -> tuple[dict, dict[str, np.ndarray]]:
+  """A converted generator directory -> (generator.json contents, flat arrays)."""
+  if not os.path.isdir(directory):
+    raise CheckpointError(f'{directory}: no such checkpoint directory (convert one with '
+                          '`python -m convert_weights stylegan1 SRC DST`)')
+  meta, arrays = read_arrays_and_meta(
+      directory, 'generator.json', f'{directory} is not a complete converted checkpoint')
+  if meta.get('format') != FORMAT or 'arch' not in meta:
+    raise CheckpointError(f'{os.path.join(directory, "generator.json")}: not a {FORMAT} file')
   return meta, arrays
