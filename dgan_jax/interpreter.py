@@ -48,6 +48,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from dgan_jax import features as features_lib
+from dgan_jax import training
 from dgan_jax import uncertainty
 from dgan_jax.errors import InputError
 from dgan_jax.generators import checkpoint as checkpoint_lib
@@ -513,16 +514,6 @@ def _train(data, arch, options, seed, checkpoint_dir, mesh, progress, stop_after
                       px_s=f'{window_pixels / (now - window_start):,.0f}')
       bar.update(step - bar.n)
       window_start, window_pixels = now, 0
-  jax.block_until_ready(state)
-  run_seconds = time.perf_counter() - run_start if run_start is not None else 0.0
-  bar.update(step - bar.n)
-  bar.close()
-  if manager is not None:
-    if manager.latest_step() != step:
-      manager.save(step, args=ocp.args.StandardSave(state), force=True)
-    manager.wait_until_finished()
-    manager.close()
-  state = jax.device_get(state)
-  state['history'] = {k: np.asarray(v) for k, v in history.items()}
-  state['pixels_per_second'] = run_pixels / run_seconds if run_seconds > 0 else 0.0
+  state, rate = training.finish_run(state, step, bar, manager, history, run_start, run_pixels)
+  state['pixels_per_second'] = rate
   return state

@@ -29,6 +29,7 @@ from absl import logging as absl_logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
+from dgan_jax import training
 from dgan_jax.bigdatasetgan import factory as factory_lib
 from dgan_jax.bigdatasetgan import head as head_lib
 from dgan_jax.bigdatasetgan import layout as layout_lib
@@ -227,18 +228,8 @@ def _train(g, data, arch, options, seed, checkpoint_dir, mesh, progress, stop_af
                         img_s=f'{window_images / (now - window_start):.2f}')
         bar.update(step - bar.n)
         window_start, window_images = now, 0
-  jax.block_until_ready(state)
-  run_seconds = time.perf_counter() - run_start if run_start is not None else 0.0
-  bar.update(step - bar.n)
-  bar.close()
-  if manager is not None:
-    if manager.latest_step() != step:
-      manager.save(step, args=ocp.args.StandardSave(state), force=True)
-    manager.wait_until_finished()
-    manager.close()
-  state = jax.device_get(state)
-  state['history'] = {k: np.asarray(v) for k, v in history.items()}
-  state['images_per_second'] = run_images / run_seconds if run_seconds > 0 else 0.0
+  state, rate = training.finish_run(state, step, bar, manager, history, run_start, run_images)
+  state['images_per_second'] = rate
   return state
 
 
