@@ -43,7 +43,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging as absl_logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
@@ -421,12 +420,8 @@ def train(data: TrainData, arch: InterpreterArch, options: TrainOptions, seed: i
   'pixels_per_second': member-pixels trained per second over this run's steps after the
   first (compilation) one.
   """
-  verbosity = absl_logging.get_verbosity()
-  absl_logging.set_verbosity(min(verbosity, absl_logging.WARNING))  # orbax logs every save
-  try:
+  with training.quiet_orbax_logging():
     return _train(data, arch, options, seed, checkpoint_dir, mesh, progress, stop_after)
-  finally:
-    absl_logging.set_verbosity(verbosity)
 
 
 def _train(data, arch, options, seed, checkpoint_dir, mesh, progress, stop_after):
@@ -451,18 +446,8 @@ def _train(data, arch, options, seed, checkpoint_dir, mesh, progress, stop_after
   state_shardings = _state_shardings(state, mesh, parallel)
   state = jax.device_put(state, state_shardings)
 
-  manager = None
-  if checkpoint_dir:
-    manager = ocp.CheckpointManager(
-        os.path.abspath(checkpoint_dir),
-        options=ocp.CheckpointManagerOptions(save_interval_steps=options.checkpoint_every,
-                                             max_to_keep=2))
-    if manager.latest_step() is not None:
-      abstract = jax.tree.map(
-          lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
-          state_shardings)
-      state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
-      tqdm.write(f'interpreter: resumed at step {int(state["step"])} from {checkpoint_dir}')
+  manager, state = training.open_checkpoints(checkpoint_dir, options.checkpoint_every, state,
+                                             state_shardings, 'interpreter')
 
   permutation_sharding = NamedSharding(mesh, P(None, *_batch_spec(parallel)))
   steps = {freeze: _make_train_step(arch, options, data.layout, mesh, parallel,

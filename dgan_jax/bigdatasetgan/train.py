@@ -18,14 +18,12 @@ the newest checkpoint with the same batches it would have seen.
 import concurrent.futures
 import dataclasses
 import functools
-import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging as absl_logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
@@ -146,12 +144,8 @@ def train(g, data: layout_lib.Annotations, arch: head_lib.HeadArch, options: Tra
   loss and accuracy every log_every-th step of this run) and 'images_per_second' (over
   this run's steps after the first, compiling, one).
   """
-  verbosity = absl_logging.get_verbosity()
-  absl_logging.set_verbosity(min(verbosity, absl_logging.WARNING))  # orbax logs every save
-  try:
+  with training.quiet_orbax_logging():
     return _train(g, data, arch, options, seed, checkpoint_dir, mesh, progress, stop_after)
-  finally:
-    absl_logging.set_verbosity(verbosity)
 
 
 def _train(g, data, arch, options, seed, checkpoint_dir, mesh, progress, stop_after):
@@ -172,18 +166,9 @@ def _train(g, data, arch, options, seed, checkpoint_dir, mesh, progress, stop_af
   state = jax.device_put(init_state(arch, options, seed), replicated)
   gen_params = jax.device_put(g.params, replicated)
 
-  manager = None
-  if checkpoint_dir:
-    manager = ocp.CheckpointManager(
-        os.path.abspath(checkpoint_dir),
-        options=ocp.CheckpointManagerOptions(save_interval_steps=options.checkpoint_every,
-                                             max_to_keep=2))
-    if manager.latest_step() is not None:
-      abstract = jax.tree.map(
-          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state)
-      state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
-      tqdm.write(f'segmentation head: resumed at step {int(state["step"])} from '
-                 f'{checkpoint_dir}')
+  manager, state = training.open_checkpoints(
+      checkpoint_dir, options.checkpoint_every, state,
+      jax.tree.map(lambda _: replicated, state), 'segmentation head')
 
   step_fn = make_train_step(g, arch, options)
   size = arch.output_size
