@@ -1,0 +1,310 @@
+"""The `report` stage: a finished workdir -> report.md and report.html (the same content).
+
+  workdir/report.md, report.html  summary, mIoU and per-class IoU tables, images, protocol
+  workdir/report/                 the PNGs both files show (relative paths)
+
+Inputs: eval.json and eval/ (evaluate), annotate/ (sample + the masks), interpreter/,
+dataset/ (generate) and the optional toy/colour_baseline.json; sections whose inputs are
+missing are left out, except eval.json, which is required.
+"""
+
+import html
+import json
+import os
+import shutil
+import typing
+
+import numpy as np
+from absl import logging
+from PIL import Image
+
+from dgan_jax import parallel
+from dgan_jax.data import annotations
+from dgan_jax.data import images as image_utils
+from dgan_jax.downstream import data as data_lib
+from dgan_jax.downstream import train as train_lib
+from dgan_jax.errors import InputError
+
+RUN_LABELS = {'few_shot': 'few-shot', 'synthetic': 'synthetic (filtered)',
+              'synthetic_unfiltered': 'synthetic (unfiltered)',
+              'supervised': 'fully supervised'}
+COLOUR_BASELINE_LABEL = 'per-pixel colour classifier'
+EXAMPLE_COUNT = 16
+_CSS = ('body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}'
+        'table{border-collapse:collapse;margin:1em 0}'
+        'th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}'
+        'img{image-rendering:pixelated;max-width:100%}figure{margin:1em 0}'
+        'figcaption{font-style:italic}')
+
+
+class Figure(typing.NamedTuple):
+  """A PNG under workdir/report/ (path relative to the workdir) shown as a block or a cell."""
+  path: str
+  caption: str = ''
+
+
+def report(config, workdir: str) -> None:
+  """Writes workdir/report.md, report.html and report/ (skipped when report.md is newer
+  than eval.json)."""
+  eval_path = os.path.join(workdir, 'eval.json')
+  if not os.path.isfile(eval_path):
+    raise InputError(f'{eval_path}: missing (run the evaluate stage first)')
+  out_md = os.path.join(workdir, 'report.md')
+  if os.path.exists(out_md) and os.path.getmtime(out_md) > os.path.getmtime(eval_path):
+    logging.info('report: %s is newer than %s, skipping', out_md, eval_path)
+    return
+  from dgan_jax.stages import atomic_dir  # pylint: disable=import-outside-toplevel
+  process_index, _ = parallel.initialize(config.distributed)
+  if process_index != 0:
+    return
+  with open(eval_path) as f:
+    evaluation = json.load(f)
+  generation = _read_json(os.path.join(workdir, 'dataset', 'generation.json'))
+  baseline = _read_json(os.path.join(workdir, 'toy', 'colour_baseline.json'))
+  protocol = evaluation['protocol']
+  with atomic_dir(os.path.join(workdir, 'report')) as tmp:
+    blocks = _text_blocks(config, evaluation, generation, baseline)
+    blocks += _image_blocks(config, workdir, tmp, evaluation, generation)
+    blocks += [('h2', 'Protocol'), ('p', protocol['description'].rstrip('.') + '.'),
+               ('p', 'mIoU: ' + protocol['miou'].rstrip('.') + '.')]
+  title = blocks[0][1]
+  _write_text(os.path.join(workdir, 'report.html'), _to_html(title, blocks))
+  _write_text(out_md, _to_markdown(blocks))  # last: its presence marks a finished report
+  logging.info('report: wrote %s and report.html', out_md)
+
+
+def _ordered_runs(runs: dict) -> list[str]:
+  """Run names in RUN_LABELS order, then any others in their given order."""
+  return [r for r in RUN_LABELS if r in runs] + [r for r in runs if r not in RUN_LABELS]
+
+
+def _label(run: str) -> str:
+  return RUN_LABELS.get(run, run)
+
+
+def _percent(value) -> str:
+  return '-' if value is None else f'{100 * value:.1f}'
+
+
+def _read_json(path: str):
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _text_blocks(config, evaluation: dict, generation: dict | None,
+                 baseline: dict | None) -> list:
+  """Title, summary, the mIoU and per-class IoU tables."""
+  runs = evaluation['runs']
+  names = _ordered_runs(runs)
+  protocol = evaluation['protocol']
+  summary = f'The interpreter was trained on {config.data.num_annotated} annotated images.'
+  if generation is not None:
+    summary += (f' {generation["num_samples"]} synthetic samples were generated; the '
+                f'uncertainty filter kept {generation["num_kept"]} and dropped '
+                f'{generation["num_samples"] - generation["num_kept"]}.')
+  stand_in = ('stand-in synthetic test images' if protocol.get('stand_in_test_images')
+              else 'test images')
+  summary += f' The segmenters are scored on {protocol["num_test_images"]} {stand_in}.'
+  few, synthetic = (runs.get(r, {}).get('miou_mean') for r in ('few_shot', 'synthetic'))
+  if few is not None and synthetic is not None:
+    summary += (f' A segmenter trained on the synthetic dataset reaches {_percent(synthetic)}% '
+                f'mIoU against {_percent(few)}% for one trained on the annotated images '
+                f'alone ({100 * (synthetic - few):+.1f} points).')
+  supervised = runs.get('supervised', {}).get('miou_mean')
+  if supervised is not None:
+    summary += (f' Fully supervised training on {runs["supervised"]["num_train_images"]} '
+                f'image-mask pairs reaches {_percent(supervised)}%.')
+  blocks = [('h1', f'DatasetGAN report: {config.data.name or "unnamed dataset"}'),
+            ('p', summary)]
+  if 'toy' in config and config.toy.enabled:
+    blocks.append(('p', f'The {config.data.num_annotated} masks were made by an annotator '
+                        'model (the fully supervised segmenter trained on rendered '
+                        'image-mask pairs), standing in for a person.'))
+
+  rows = []
+  for run in names:
+    r = runs[run]
+    miou = ('-' if r['miou_mean'] is None else
+            f'{_percent(r["miou_mean"])} ± {_percent(r["miou_std"])}')
+    rows.append([_label(run), r['trained_on'], str(r['num_train_images']), miou,
+                 _percent(r['miou_absent_as_zero_mean'])])
+  if baseline is not None:
+    rows.append([COLOUR_BASELINE_LABEL, baseline['description'], '-',
+                 _percent(baseline['miou']), '-'])
+  blocks += [('h2', 'Mean IoU'),
+             ('p', f'Mean ± std over {protocol["num_folds"]} folds, in %.'),
+             ('table', ['run', 'trained on', 'images', 'mIoU (%)',
+                        'mIoU, absent as zero (%)'], rows)]
+
+  columns = [(_label(r), runs[r]['class_iou']) for r in names]
+  if baseline is not None:
+    columns.append((COLOUR_BASELINE_LABEL, baseline.get('class_iou', {})))
+  rows = []
+  for name in evaluation['classes']:
+    cells = [name]
+    for _, table in columns:
+      value = table.get(name)
+      cells.append(_percent(value['mean'] if isinstance(value, dict) else value))
+    rows.append(cells)
+  blocks += [('h2', 'Per-class IoU'),
+             ('p', "Mean over folds, in %; '-': the class is in neither the predictions nor "
+                   'the ground truth of any fold.'),
+             ('table', ['class'] + [label for label, _ in columns], rows)]
+  return blocks
+
+
+def _image_blocks(config, workdir: str, out_dir: str, evaluation: dict,
+                  generation: dict | None) -> list:
+  """Writes the report's PNGs into out_dir; -> the blocks showing them."""
+  palette = image_utils.palette_array(config.data.num_classes, config.data.palette)
+  blocks = [('h2', 'Images')]
+
+  def save(name: str, image: np.ndarray, caption: str) -> None:
+    image_utils.save_png(os.path.join(out_dir, name), image)
+    blocks.append(('image', Figure(f'report/{name}', caption)))
+
+  def copy(source: str, name: str, caption: str) -> None:
+    if os.path.isfile(source):
+      shutil.copyfile(source, os.path.join(out_dir, name))
+      blocks.append(('image', Figure(f'report/{name}', caption)))
+
+  annotated = _annotated(config, workdir)
+  if annotated is not None:
+    save('annotated.png', train_lib.preview_batch(*annotated, palette),
+         f'The {len(annotated[0])} annotated images and their masks (image | mask).')
+  copy(os.path.join(workdir, 'interpreter', 'check.png'), 'interpreter_check.png',
+       'Interpreter input check: annotated image | regenerated from its latent | mask.')
+  dataset_dir = os.path.join(workdir, 'dataset')
+  if generation is not None:
+    if generation['num_kept']:
+      kept = data_lib.SyntheticSource(dataset_dir, None, split='train')
+      pairs = kept.get(range(min(EXAMPLE_COUNT, len(kept))))
+      save('synthetic_kept.png', _pairs_grid(pairs, palette),
+           f'Synthetic examples kept by the filter, the first {len(pairs)} by sample index '
+           f'(image | label); kept: uncertainty <= {generation["threshold"]:.4g}.')
+    # The dropped split holds the dropped samples in generation.json's order (by index).
+    dropped = [s for s in generation['samples'] if not s['kept']]
+    worst = sorted(range(len(dropped)),
+                   key=lambda p: -dropped[p]['uncertainty'])[:EXAMPLE_COUNT]
+    if worst:
+      pairs = data_lib.SyntheticSource(dataset_dir, None, split='dropped').get(worst)
+      scores = ', '.join(f'{dropped[p]["uncertainty"]:.4g} (sample {dropped[p]["index"]})'
+                         for p in worst)
+      save('synthetic_dropped.png', _pairs_grid(pairs, palette),
+           f'Filtered out: the {len(worst)} most uncertain samples (image | label), in '
+           f'reading order; uncertainty (sample index): {scores}.')
+  eval_dir = os.path.join(workdir, 'eval')
+  copy(os.path.join(eval_dir, 'test_set.png'), 'test_set.png',
+       'Test images and their ground truth (image | mask).')
+  for run in _ordered_runs(evaluation['runs']):
+    copy(os.path.join(eval_dir, f'{run}_fold0.png'), f'{run}_fold0.png',
+         f'{_label(run)}, fold 0: image | ground truth | prediction on test images '
+         'outside the fold (ignored pixels black).')
+
+  rows = []
+  for c, name in enumerate(config.data.class_names):
+    swatch = f'legend_{c}.png'
+    image_utils.save_png(os.path.join(out_dir, swatch),
+                         np.broadcast_to(palette[c], (16, 16, 3)))
+    rows.append([str(c), name, Figure(f'report/{swatch}'),
+                 '#' + ''.join(f'{v:02x}' for v in palette[c])])
+  blocks += [('h3', 'Class colours'), ('table', ['id', 'class', 'colour', 'RGB'], rows)]
+  if list(evaluation['classes']) != list(config.data.class_names):
+    blocks.append(('p', 'Test predictions use the evaluation classes ('
+                        + ', '.join(evaluation['classes']) + ') with a generated palette.'))
+  return blocks
+
+
+def _annotated(config, workdir: str) -> tuple[np.ndarray, np.ndarray] | None:
+  """-> (images [N, H, W, 3], masks [N, H, W] at the image size) of the annotated images
+  the interpreter read, or None when there are none."""
+  info = _read_json(os.path.join(workdir, 'interpreter', 'info.json')) or {}
+  folder = info.get('annotation_dir', '')
+  if not os.path.isdir(folder):
+    folder = config.data.annotation_dir or os.path.join(workdir, 'annotate')
+  if not os.path.isdir(folder):
+    return None
+  fmt = annotations.detect_format(folder)
+  images, masks = [], []
+  for i in range(config.data.num_annotated):
+    image_path, mask_path = annotations.image_path(folder, i, fmt), annotations.mask_path(
+        folder, i, fmt)
+    if not (os.path.isfile(image_path) and os.path.isfile(mask_path)):
+      break
+    with Image.open(image_path) as picture:
+      image = np.asarray(picture.convert('RGB'))
+    if images and image.shape != images[0].shape:
+      break
+    images.append(image)
+    masks.append(annotations.resize_nearest(annotations.read_mask(mask_path), *image.shape[:2]))
+  if not images:
+    return None
+  return np.stack(images), np.stack(masks).astype(np.uint8)
+
+
+def _pairs_grid(pairs: list, palette: np.ndarray) -> np.ndarray:
+  return train_lib.preview_batch(np.stack([p[0] for p in pairs]),
+                                 np.stack([p[1] for p in pairs]), palette)
+
+
+def _write_text(path: str, text: str) -> None:
+  tmp = path + '.partial'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def _md_cell(cell) -> str:
+  if isinstance(cell, Figure):
+    return f'![{cell.caption}]({cell.path})'
+  return str(cell).replace('|', '\\|').replace('\n', ' ')
+
+
+def _to_markdown(blocks: list) -> str:
+  lines = []
+  for kind, *content in blocks:
+    if kind in ('h1', 'h2', 'h3'):
+      lines += ['#' * int(kind[1]) + ' ' + content[0], '']
+    elif kind == 'p':
+      lines += [content[0], '']
+    elif kind == 'table':
+      header, rows = content
+      lines.append('| ' + ' | '.join(_md_cell(c) for c in header) + ' |')
+      lines.append('|' + '---|' * len(header))
+      lines += ['| ' + ' | '.join(_md_cell(c) for c in row) + ' |' for row in rows]
+      lines.append('')
+    else:
+      image = content[0]
+      lines += [f'![{os.path.basename(image.path)}]({image.path})', '', f'*{image.caption}*', '']
+  return '\n'.join(lines)
+
+
+def _html_cell(cell) -> str:
+  if isinstance(cell, Figure):
+    return f'<img src="{html.escape(cell.path)}" alt="{html.escape(cell.caption)}">'
+  return html.escape(str(cell))
+
+
+def _to_html(title: str, blocks: list) -> str:
+  parts = ['<!DOCTYPE html>', '<html lang="en"><head><meta charset="utf-8">',
+           f'<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>']
+  for kind, *content in blocks:
+    if kind in ('h1', 'h2', 'h3'):
+      parts.append(f'<{kind}>{html.escape(content[0])}</{kind}>')
+    elif kind == 'p':
+      parts.append(f'<p>{html.escape(content[0])}</p>')
+    elif kind == 'table':
+      header, rows = content
+      parts.append('<table><tr>' + ''.join(f'<th>{_html_cell(c)}</th>' for c in header)
+                   + '</tr>')
+      parts += ['<tr>' + ''.join(f'<td>{_html_cell(c)}</td>' for c in row) + '</tr>'
+                for row in rows]
+      parts.append('</table>')
+    else:
+      image = content[0]
+      parts.append(f'<figure>{_html_cell(image)}<figcaption>{html.escape(image.caption)}'
+                   '</figcaption></figure>')
+  parts.append('</body></html>')
+  return '\n'.join(parts) + '\n'
