@@ -8,7 +8,8 @@ import ml_collections
 
 from dgan_jax.errors import InputError
 
-STAGES = ('sample', 'train_interpreter', 'generate', 'train_downstream', 'evaluate')
+STAGES = ('sample', 'annotate', 'train_interpreter', 'generate', 'train_downstream', 'evaluate',
+          'report')
 
 
 def base() -> ml_collections.ConfigDict:
@@ -53,6 +54,9 @@ def base() -> ml_collections.ConfigDict:
   config.data.latents = ''              # latents of the annotated images ([N, 512] z)
   config.data.latent_kind = 'z'         # 'z' or 'w' for the latents file
   config.data.num_annotated = 16        # annotated images the interpreter trains on
+  # Classes covering fewer pixels of an annotated mask are set to background (the
+  # original's clean-up of annotation slips at 512 px; small images need less).
+  config.data.min_segment_pixels = 30
   # No annotator (tests, smoke runs): when annotation_dir holds no masks, label the sample
   # stage's images by brightness (dgan_jax/data/synthetic.py) instead of failing.
   config.data.synthetic_masks = False
@@ -155,6 +159,18 @@ def base() -> ml_collections.ConfigDict:
   config.biggan.train.learning_rate = 1e-3   # Adam
   config.biggan.train.checkpoint_every = 1000  # steps between orbax checkpoints (resume)
   config.biggan.train.log_every = 100          # steps between progress-bar updates
+
+  # The built-in toy domain (dgan_jax/toy/): rendered side-view cars with exact part masks.
+  # The `annotate` stage renders a held-out test set (the evaluate stage's default
+  # test_dir) and train_images image-mask pairs, trains the fully supervised segmenter on
+  # them and lets it label the sample stage's images: an annotator model standing in for
+  # the person who draws the masks in real use.
+  config.toy = ml_collections.ConfigDict()
+  config.toy.enabled = False
+  config.toy.resolution = 32            # rendered image size (the GAN's resolution)
+  config.toy.train_images = 4000        # rendered pairs: annotator and supervised ceiling
+  config.toy.test_images = 500          # rendered held-out test set with exact masks
+  config.toy.colour_baseline_images = 400  # per-pixel colour classifier (report row)
 
   # Several hosts: jax.distributed.initialize(coordinator_address, num_processes,
   # process_id) when num_processes > 1 (or the environment of a TPU/SLURM job asks).

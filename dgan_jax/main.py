@@ -15,7 +15,7 @@ from dgan_jax import stages
 from dgan_jax.errors import InputError
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               'configs', 'test.py')
+                               'configs', 'toy.py')
 
 config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'Experiment config file.',
                                 lock_config=True)

@@ -104,6 +104,26 @@ def sample(config, workdir: str) -> None:
   logging.info('sample: wrote %d images to %s', n, out)
 
 
+def annotate(config, workdir: str) -> None:
+  """The annotation step. In real use a person draws workdir/annotate/mask_{i}.png (class
+  ids, see dgan_jax/data/annotations.py) between the sample and train_interpreter
+  stages, or config.data.annotation_dir points at finished annotations; this stage then
+  does nothing. The toy domain (config.toy.enabled) labels the samples with an annotator
+  model instead (dgan_jax/toy/stages.py)."""
+  if config.toy.enabled:
+    from dgan_jax.toy import stages as toy_stages  # pylint: disable=import-outside-toplevel
+    toy_stages.annotate(config, workdir)
+  else:
+    logging.info('annotate: masks are read from %s',
+                 config.data.annotation_dir or os.path.join(workdir, 'annotate'))
+
+
+def report(config, workdir: str) -> None:
+  """workdir/report.md and report.html: the evaluation table and image grids."""
+  from dgan_jax import report as report_lib  # pylint: disable=import-outside-toplevel
+  report_lib.report(config, workdir)
+
+
 def feature_layout(g, data_config) -> features_lib.FeatureLayout:
   """Where the generator's feature maps land: resized to feature_size, rows cropped."""
   return features_lib.FeatureLayout.create(
@@ -167,7 +187,8 @@ def train_interpreter(config, workdir: str) -> None:
   g = generators.from_config(config.generator, config.seed)
   layout = feature_layout(g, config.data)
   annotation_dir = _annotation_dir(config, workdir, layout.output_shape)
-  annotated = annotations.load(annotation_dir, config.data, g.num_ws, layout.output_shape)
+  annotated = annotations.load(annotation_dir, config.data, g.num_ws, layout.output_shape,
+                               g.arch.latent_size)
   count = len(annotated['masks'])
 
   psi, cutoff = config.generator.truncation_psi, config.generator.truncation_cutoff
@@ -267,7 +288,7 @@ def generate(config, workdir: str) -> None:
   generate_lib.run(config, step, workdir, process_index, process_count)
 
 
-STAGE_FUNCTIONS = {'sample': sample, 'train_interpreter': train_interpreter,
-                   'generate': generate,
+STAGE_FUNCTIONS = {'sample': sample, 'annotate': annotate,
+                   'train_interpreter': train_interpreter, 'generate': generate,
                    'train_downstream': downstream_run.train_downstream,  # downstream/run.py
-                   'evaluate': downstream_run.evaluate}
+                   'evaluate': downstream_run.evaluate, 'report': report}

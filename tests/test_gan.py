@@ -332,8 +332,8 @@ def test_command_line_trains_and_exports(tmp_path):
   with open(workdir / 'log.jsonl') as f:
     log = [json.loads(line) for line in f]
   assert [entry['step'] for entry in log] == [2, 4, 6]
-  # (r1 is logged only on regularized steps, and with r1_every 2 no logged step is one.)
-  assert {'d_loss', 'g_loss', 'real_logit', 'fake_logit'} <= set(log[0])
+  assert {'d_loss', 'g_loss', 'real_logit', 'fake_logit', 'r1'} <= set(log[0])
+  assert all(entry['r1'] > 0 for entry in log)  # the latest penalty (r1_every 2)
   g = load_generator(str(out))
   assert g.resolution == 32 and g.arch.latent_size == 16
   assert g.const_noise is not None and g.avg_latent is not None

@@ -16,7 +16,8 @@ The first config.data.num_annotated ids (0 .. n-1) are used, as the original doe
 are resized to the labelled grid (feature_size after crop_rows) with nearest neighbour,
 OpenCV's INTER_NEAREST rule (source index floor(i * in / out)), then every class with
 fewer than MIN_SEGMENT_PIXELS pixels in an image is set to background (0), as the
-original cleans up annotation slips.
+original cleans up annotation slips (config.data.min_segment_pixels; small images
+need a smaller value).
 """
 
 import os
@@ -102,7 +103,8 @@ def read_mask(path: str) -> np.ndarray:
   return mask
 
 
-def prepare_mask(path: str, shape: tuple[int, int], num_classes: int) -> np.ndarray:
+def prepare_mask(path: str, shape: tuple[int, int], num_classes: int,
+                 min_segment_pixels: int = MIN_SEGMENT_PIXELS) -> np.ndarray:
   """Reads, checks, resizes and cleans one mask -> [H', W] uint8/int32 class ids."""
   mask = read_mask(path)
   if mask.max() >= num_classes:
@@ -113,7 +115,7 @@ def prepare_mask(path: str, shape: tuple[int, int], num_classes: int) -> np.ndar
     raise InputError(f'{path}: mask is {mask.shape[0]}x{mask.shape[1]} but the labelled grid '
                      f'is {height}x{width} (feature_size after crop_rows); expected that '
                      'size or one of the same aspect ratio')
-  mask = remove_small_segments(resize_nearest(mask, height, width))
+  mask = remove_small_segments(resize_nearest(mask, height, width), min_segment_pixels)
   return mask.astype(np.uint8 if num_classes <= 256 else np.int32)
 
 
@@ -154,7 +156,8 @@ def default_latents_path(annotation_dir: str, fmt: str, configured: str) -> str:
   return ''
 
 
-def load(annotation_dir: str, data_config, num_ws: int, shape: tuple[int, int]) -> dict:
+def load(annotation_dir: str, data_config, num_ws: int, shape: tuple[int, int],
+         latent_size: int = 512) -> dict:
   """Reads the first data_config.num_annotated annotations.
 
   shape: (H', W) of the labelled grid (features.FeatureLayout.output_shape).
@@ -173,7 +176,7 @@ def load(annotation_dir: str, data_config, num_ws: int, shape: tuple[int, int]) 
   if not latents_path:
     raise InputError('config.data.latents: DatasetGAN annotation folders keep no latents; '
                      'set it to latent_stylegan1.npy')
-  latents = read_latents(latents_path, count, data_config.latent_kind, num_ws)
+  latents = read_latents(latents_path, count, data_config.latent_kind, num_ws, latent_size)
   masks, images, paths = [], [], []
   for i in range(count):
     path = mask_path(annotation_dir, i, fmt)
@@ -181,7 +184,8 @@ def load(annotation_dir: str, data_config, num_ws: int, shape: tuple[int, int]) 
       hint = ('image_mask{i}.npy' if fmt == 'datasetgan' else 'mask_{i}.png or mask_{i}.npy')
       raise InputError(f'{path}: mask missing; annotated ids 0..{count - 1} each need one '
                        f'({hint}; config.data.num_annotated is {count})')
-    masks.append(prepare_mask(path, shape, data_config.num_classes))
+    masks.append(prepare_mask(path, shape, data_config.num_classes,
+                              data_config.min_segment_pixels))
     paths.append(path)
     picture = image_path(annotation_dir, i, fmt)
     if os.path.isfile(picture):

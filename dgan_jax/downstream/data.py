@@ -254,7 +254,8 @@ def read_test_folder(folder: str, num_classes: int, resolution: int) -> LabeledI
                        np.stack(labels))
 
 
-def read_annotated(annotation_dir: str, count: int, num_classes: int) -> ArraySource:
+def read_annotated(annotation_dir: str, count: int, num_classes: int,
+                   min_segment_pixels: int = annotations.MIN_SEGMENT_PIXELS) -> ArraySource:
   """The first `count` annotated images and masks (DatasetGAN or plain layout, read with
   dgan_jax.data.annotations: masks resized to their image, small segments cleaned)."""
   if not annotation_dir or not os.path.isdir(annotation_dir):
@@ -270,7 +271,7 @@ def read_annotated(annotation_dir: str, count: int, num_classes: int) -> ArraySo
     image = _read_image(picture)
     images.append(image)
     labels.append(annotations.prepare_mask(annotations.mask_path(annotation_dir, i, fmt),
-                                           image.shape[:2], num_classes))
+                                           image.shape[:2], num_classes, min_segment_pixels))
   return ArraySource(images, labels)
 
 

@@ -7,7 +7,6 @@ per-class intersection and union counts of all epochs form a table [E, N, C] fro
 predictions show each fold's chosen model on the images it was scored on.
 """
 
-import os
 
 import jax
 import jax.numpy as jnp
@@ -21,21 +20,19 @@ from dgan_jax.downstream import metrics
 from dgan_jax.downstream import train as train_lib
 
 
-def make_predict(model: deeplab.DeepLabV3, mesh: Mesh):
+def make_predict(model: deeplab.DeepLabV3):
   """-> jitted fn(variables, images uint8 [B, R, R, 3], labels uint8 [B, R, R]) ->
   (prediction int32 [B, R, R], intersection [B, C], union [B, C]); B a multiple of the
   mesh size, the batch sharded over it."""
-  by_batch = NamedSharding(mesh, P('data'))
-  replicated = NamedSharding(mesh, P())
-
   def predict(variables, images, labels):
     logits = model.apply(variables, deeplab.normalize(images), train=False)
     prediction = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     intersection, union = metrics.iou_counts(prediction, labels, model.arch.num_classes)
     return prediction, intersection, union
 
-  return jax.jit(predict, in_shardings=(replicated, by_batch, by_batch),
-                 out_shardings=by_batch)
+  # Shardings come from the arguments (see train.make_train_step): variables
+  # replicated, batches placed by predict_all.
+  return jax.jit(predict)
 
 
 def predict_all(predict, variables, images: np.ndarray, labels: np.ndarray, batch_size: int,
@@ -43,6 +40,7 @@ def predict_all(predict, variables, images: np.ndarray, labels: np.ndarray, batc
   """Runs `predict` over [N, ...] arrays in batches (the last one padded) ->
   (prediction [N, R, R], intersection [N, C], union [N, C]) as numpy."""
   batch_size = -(-batch_size // mesh.size) * mesh.size
+  by_batch = NamedSharding(mesh, P('data'))
   outputs = []
   for start in range(0, len(images), batch_size):
     chunk_images, chunk_labels = images[start:start + batch_size], labels[start:start + batch_size]
@@ -52,6 +50,7 @@ def predict_all(predict, variables, images: np.ndarray, labels: np.ndarray, batc
       chunk_images = np.pad(chunk_images, pad + ((0, 0),) * 3)
       chunk_labels = np.pad(chunk_labels, pad + ((0, 0),) * 2,
                             constant_values=metrics.IGNORE_LABEL)
+    chunk_images, chunk_labels = jax.device_put((chunk_images, chunk_labels), by_batch)
     out = jax.device_get(predict(variables, chunk_images, chunk_labels))
     outputs.append([o[:count] for o in out])
   return tuple(np.concatenate(parts) for parts in zip(*outputs))
@@ -66,7 +65,7 @@ def score_epochs(arch: deeplab.DeepLabArch, run_dir: str, test, batch_size: int,
   epochs = train_lib.epoch_checkpoints(run_dir)
   if not epochs:
     raise FileNotFoundError(f'{run_dir}/epochs: no checkpoints')
-  predict = make_predict(deeplab.DeepLabV3(arch, train_lib.DTYPES[dtype]), mesh)
+  predict = make_predict(deeplab.DeepLabV3(arch, train_lib.DTYPES[dtype]))
   replicated = NamedSharding(mesh, P())
   intersections, unions = [], []
   for epoch in tqdm(epochs, desc=f'evaluate {description}'.strip(), unit='epoch',
@@ -85,7 +84,7 @@ def fold_previews(arch: deeplab.DeepLabArch, run_dir: str, test, folds: list[dic
   """Per fold, a grid of (image | ground truth | prediction) for up to `count` of the
   images the fold's chosen checkpoint is scored on. Ignored pixels are black."""
   mesh = mesh or train_lib.make_mesh(jax.local_devices())
-  predict = make_predict(deeplab.DeepLabV3(arch, train_lib.DTYPES[dtype]), mesh)
+  predict = make_predict(deeplab.DeepLabV3(arch, train_lib.DTYPES[dtype]))
   replicated = NamedSharding(mesh, P())
   colors = np.concatenate([palette, np.zeros((256 - len(palette), 3), np.uint8)])
   grids = []

@@ -1,9 +1,16 @@
 """The `train_downstream` and `evaluate` stages: config and workdir -> the modules.
 
-Two runs share one network, one recipe and one evaluation (config.downstream.runs):
-  synthetic  trained on the `generate` stage's dataset (workdir/dataset, split 'train')
-  few_shot   trained on the num_annotated annotated images alone (DatasetGAN's Table 1
-             compares the two), with the same augmentation, epochs and steps per epoch
+The runs share one network, one recipe and one evaluation (config.downstream.runs):
+  synthetic             trained on the `generate` stage's dataset (workdir/dataset, split
+                        'train': the samples kept after uncertainty filtering)
+  synthetic_unfiltered  the same samples without filtering (splits 'train' + 'dropped'),
+                        with the synthetic run's steps per epoch
+  few_shot              trained on the num_annotated annotated images alone (DatasetGAN's
+                        Table 1 compares it with synthetic), same augmentation, epochs and
+                        steps per epoch
+  supervised            the toy domain's ceiling: config.toy.train_images rendered images
+                        with exact masks (trained by the `annotate` stage, which also uses
+                        it as the annotator; dgan_jax/toy/stages.py)
 
 With config.data.eval_class_map (ADE-Car-12) the training labels are mapped to the test
 classes before training, so both networks predict the test classes directly.
@@ -17,7 +24,6 @@ import json
 import os
 import time
 
-import jax
 import numpy as np
 from absl import logging
 
@@ -30,7 +36,7 @@ from dgan_jax.downstream import metrics
 from dgan_jax.downstream import train as train_lib
 from dgan_jax.errors import InputError
 
-RUNS = ('synthetic', 'few_shot')
+RUNS = ('synthetic', 'synthetic_unfiltered', 'few_shot', 'supervised')
 STAND_IN_FIRST_INDEX = 2 ** 31
 
 
@@ -130,49 +136,73 @@ def train_options(config, steps_per_epoch: int = 0) -> train_lib.TrainOptions:
       dtype=d.dtype, log_every=d.log_every, workers=d.workers)
 
 
-def _synthetic_source(config, workdir, lookup):
-  return data_lib.SyntheticSource(os.path.join(workdir, 'dataset'), lookup)
+def _synthetic_source(workdir, lookup, split='train'):
+  return data_lib.SyntheticSource(os.path.join(workdir, 'dataset'), lookup, split)
 
 
-def train_downstream(config, workdir: str) -> None:
-  """Trains every run of config.downstream.runs that has no train.json yet."""
-  runs = selected_runs(config)
+def _synthetic_steps(config, workdir: str, run: str) -> int:
+  """The synthetic run's steps per epoch: config.downstream.steps_per_epoch, else as
+  many as one pass over the kept samples takes."""
+  d = config.downstream
+  if d.steps_per_epoch:
+    return d.steps_per_epoch
+  if not os.path.isdir(os.path.join(workdir, 'dataset')):
+    raise InputError(f'the {run} run takes the synthetic run\'s steps per epoch (config.'
+                     'downstream.steps_per_epoch is 0) but there is no synthetic dataset in '
+                     f'{workdir}/dataset: set config.downstream.steps_per_epoch')
+  return len(_synthetic_source(workdir, None)) // d.batch_size
+
+
+def run_source(config, workdir: str, run: str, lookup):
+  """-> (examples source, steps per epoch, description) of one run."""
+  d = config.downstream
+  if run in ('synthetic', 'synthetic_unfiltered'):
+    split = 'train' if run == 'synthetic' else 'train+dropped'
+    source = _synthetic_source(workdir, lookup, split)
+    kind = 'kept' if run == 'synthetic' else 'all, unfiltered'
+    return source, _synthetic_steps(config, workdir, run), (
+        f'synthetic dataset ({kind}): {len(source)} images')
+  if run == 'supervised':
+    from dgan_jax.toy import stages as toy_stages  # pylint: disable=import-outside-toplevel
+    source = data_lib.apply_lookup(toy_stages.supervised_source(config, workdir), lookup)
+    steps = d.steps_per_epoch or len(source) // d.batch_size
+    return source, steps, f'{len(source)} rendered images with exact masks'
+  folder = annotation_dir(config, workdir)
+  source = data_lib.apply_lookup(
+      data_lib.read_annotated(folder, config.data.num_annotated, config.data.num_classes,
+                              config.data.min_segment_pixels), lookup)
+  steps = d.few_shot_steps_per_epoch or _synthetic_steps(config, workdir, run)
+  return source, steps, f'{len(source)} annotated images ({folder})'
+
+
+def train_run(config, workdir: str, run: str) -> str:
+  """Trains one run unless workdir/downstream/{run} is complete -> that folder."""
   names, lookup, palette = class_setup(config)
   if len(names) > 255:
     raise InputError(f'{len(names)} classes: the downstream pipeline keeps labels in uint8 '
                      '(at most 255 classes)')
   arch = arch_from_config(config, len(names))
+  run_dir = os.path.join(workdir, 'downstream', run)
+  if train_lib.is_complete(run_dir):
+    with open(os.path.join(run_dir, 'train.json')) as f:
+      if json.load(f)['epochs'] == config.downstream.epochs:
+        logging.info('train_downstream: %s is complete, skipping', run_dir)
+        return run_dir
+  source, steps, description = run_source(config, workdir, run, lookup)
+  start = time.time()
+  record = train_lib.train(arch, source, train_options(config, steps), config.seed, run_dir,
+                           palette=palette, description=description)
+  logging.info('train_downstream: %s done in %.1f s (%s)', run, time.time() - start,
+               record and record['description'])
+  return run_dir
+
+
+def train_downstream(config, workdir: str) -> None:
+  """Trains every run of config.downstream.runs that has no train.json yet."""
+  runs = selected_runs(config)
   parallel.initialize(config.distributed)
-  d = config.downstream
   for run in runs:
-    run_dir = os.path.join(workdir, 'downstream', run)
-    if train_lib.is_complete(run_dir):
-      with open(os.path.join(run_dir, 'train.json')) as f:
-        if json.load(f)['epochs'] == d.epochs:
-          logging.info('train_downstream: %s is complete, skipping', run_dir)
-          continue
-    if run == 'synthetic':
-      source = _synthetic_source(config, workdir, lookup)
-      steps = d.steps_per_epoch
-      description = f'synthetic dataset: {len(source)} images'
-    else:
-      folder = annotation_dir(config, workdir)
-      source = data_lib.apply_lookup(
-          data_lib.read_annotated(folder, config.data.num_annotated, config.data.num_classes),
-          lookup)
-      steps = d.few_shot_steps_per_epoch or d.steps_per_epoch
-      if not steps:  # as many updates per epoch as the synthetic run
-        if not os.path.isdir(os.path.join(workdir, 'dataset')):
-          raise InputError('config.downstream.few_shot_steps_per_epoch is 0 (the synthetic '
-                           'run\'s steps per epoch) but there is no synthetic dataset in '
-                           f'{workdir}/dataset: set it')
-        steps = len(_synthetic_source(config, workdir, None)) // d.batch_size
-      description = f'{len(source)} annotated images ({folder})'
-    start = time.time()
-    record = train_lib.train(arch, source, train_options(config, steps), config.seed, run_dir,
-                             palette=palette, description=description)
-    logging.info('train_downstream: %s done in %.1f s (%s)', run, time.time() - start,
-                 record and record['description'])
+    train_run(config, workdir, run)
 
 
 def evaluate(config, workdir: str) -> None:
@@ -196,7 +226,10 @@ def evaluate(config, workdir: str) -> None:
   ev, d = config.evaluate, config.downstream
   start = time.time()
   test_dir = ev.test_dir
-  if not test_dir and ev.synthetic_test_images:
+  if not test_dir and config.toy.enabled:
+    from dgan_jax.toy import stages as toy_stages  # pylint: disable=import-outside-toplevel
+    test_dir = toy_stages.test_dir(config, workdir)
+  elif not test_dir and ev.synthetic_test_images:
     test_dir = stand_in_test_dir(config, workdir, len(names))
   test = data_lib.read_test_folder(test_dir, len(names), d.resolution)
   metrics.fold_splits(len(test.names), ev.num_folds)  # enough images?
@@ -233,7 +266,7 @@ def evaluate(config, workdir: str) -> None:
   record = {
       'protocol': {
           'test_dir': os.path.abspath(test_dir), 'num_test_images': len(test.names),
-          'stand_in_test_images': not ev.test_dir,
+          'stand_in_test_images': not ev.test_dir and not config.toy.enabled,
           'num_folds': ev.num_folds, 'fold_size': size,
           'description': (
               f'test images in sorted order cut into {ev.num_folds} folds of {size}; per '

@@ -223,17 +223,21 @@ def train(config, workdir: str) -> dict:
              desc='gan', unit='img', unit_scale=True)
   history = {}
   with training.quiet_orbax_logging(), open(os.path.join(workdir, 'log.jsonl'), 'a') as log:
-    run_start = None
+    run_start, last_r1 = None, jnp.nan
     for step in range(first, total_steps):
+      # Steps 0 and 1 reuse the keys that initialised G and D (fold_in(key, 0 and 1)),
+      # which is harmless; kept so that the published weights stay reproducible.
       key = jax.random.fold_in(jax.random.key(config.seed), step)
       regularize = step % config.r1_every == 0
       state, logs = step_fn(state, _real_batch(config, reals, step), key, regularize)
+      if regularize:
+        last_r1 = logs.pop('r1')
       if run_start is None:
         jax.block_until_ready(state)
         run_start = time.perf_counter()
       done = step + 1
       if done % config.log_every == 0 or done == total_steps:
-        logs = {k: round(float(v), 4) for k, v in logs.items()}
+        logs = {k: round(float(v), 4) for k, v in {**logs, 'r1': last_r1}.items()}
         bar.update(done * config.batch_size - bar.n)
         bar.set_postfix(g=logs['g_loss'], d=logs['d_loss'])
         log.write(json.dumps({'step': done, 'kimg': done * config.batch_size / 1000, **logs})

@@ -1,0 +1,146 @@
+"""The toy domain's `annotate` stage: rendered data and the annotator stand-in.
+
+  workdir/toy/test/          config.toy.test_images rendered images with exact masks
+                             ({i:05d}.png + {i:05d}.npy: the evaluate stage's test folder)
+  workdir/toy/train.npz      config.toy.train_images rendered pairs (images, masks)
+  workdir/downstream/supervised/   the segmenter trained on them (downstream/run.py)
+  workdir/annotate/mask_{i}.png    its labels of the sample stage's images, written where
+                             a person would put theirs
+  workdir/toy/colour_baseline.json a per-pixel colour classifier's test mIoU
+
+Rendered data never overlaps the GAN's training images: each set draws from its own
+renderer seed.
+"""
+
+import json
+import os
+
+import jax
+import numpy as np
+from absl import logging
+from PIL import Image
+from tqdm import tqdm
+
+from dgan_jax.data import annotations
+from dgan_jax.downstream import data as data_lib
+from dgan_jax.downstream import deeplab
+from dgan_jax.downstream import evaluate as evaluate_lib
+from dgan_jax.downstream import train as train_lib
+from dgan_jax.errors import InputError
+from dgan_jax.toy import render
+
+# Renderer seeds of the pipeline's data (the GAN's images use 1_000_003 + its seed).
+TEST_SEED = 2_000_003
+TRAIN_SEED = 3_000_017
+COLOUR_SEED = 4_000_037
+
+
+def _render(seed: int, count: int, size: int, desc: str) -> tuple[np.ndarray, np.ndarray]:
+  images, masks = [], []
+  for begin in tqdm(range(0, count, 250), desc=desc, unit='x250'):
+    batch = render.render(seed, np.arange(begin, min(count, begin + 250)), size)
+    images.append(batch[0])
+    masks.append(batch[1])
+  return np.concatenate(images), np.concatenate(masks)
+
+
+def _check_enabled(config) -> None:
+  if not config.toy.enabled:
+    raise InputError('the supervised run and the rendered test set belong to the toy domain '
+                     '(config.toy.enabled is False)')
+
+
+def test_dir(config, workdir: str) -> str:
+  """The rendered test folder, written on first use."""
+  _check_enabled(config)
+  out = os.path.join(workdir, 'toy', 'test')
+  if os.path.isdir(out):
+    return out
+  from dgan_jax.stages import atomic_dir  # pylint: disable=import-outside-toplevel
+  images, masks = _render(TEST_SEED + config.seed, config.toy.test_images,
+                          config.toy.resolution, 'render test set')
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  with atomic_dir(out) as tmp:
+    for i, (image, mask) in enumerate(zip(images, masks)):
+      Image.fromarray(image).save(os.path.join(tmp, f'{i:05d}.png'))
+      np.save(os.path.join(tmp, f'{i:05d}.npy'), mask)
+  return out
+
+
+def supervised_source(config, workdir: str) -> data_lib.ArraySource:
+  """config.toy.train_images rendered pairs, rendered once into workdir/toy/train.npz."""
+  _check_enabled(config)
+  path = os.path.join(workdir, 'toy', 'train.npz')
+  if os.path.isfile(path):
+    with np.load(path) as saved:
+      images, masks = saved['images'], saved['masks']
+  if not os.path.isfile(path) or len(images) != config.toy.train_images:
+    images, masks = _render(TRAIN_SEED + config.seed, config.toy.train_images,
+                            config.toy.resolution, 'render training pairs')
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + '.partial.npz'
+    np.savez(tmp, images=images, masks=masks)
+    os.replace(tmp, path)
+  return data_lib.ArraySource(list(images), list(masks))
+
+
+def label_images(config, run_dir: str, images: np.ndarray) -> np.ndarray:
+  """images uint8 [N, h, w, 3] -> masks uint8 [N, h, w] predicted by the last epoch of
+  the segmenter in run_dir (at config.downstream.resolution, resized back)."""
+  from dgan_jax.downstream import run as run_lib  # pylint: disable=import-outside-toplevel
+  names, _, _ = run_lib.class_setup(config)
+  arch = run_lib.arch_from_config(config, len(names))
+  mesh = train_lib.make_mesh(jax.local_devices())
+  predict = evaluate_lib.make_predict(
+      deeplab.DeepLabV3(arch, train_lib.DTYPES[config.downstream.dtype]))
+  variables = jax.device_put(
+      train_lib.restore_epoch(run_dir, train_lib.epoch_checkpoints(run_dir)[-1], arch),
+      jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  resolution = config.downstream.resolution
+  resized = np.stack([data_lib.resize_image(image, resolution, resolution) for image in images])
+  blank = np.zeros(resized.shape[:3], np.uint8)
+  predictions, _, _ = evaluate_lib.predict_all(predict, variables, resized, blank,
+                                               config.evaluate.batch_size, mesh)
+  height, width = images.shape[1:3]
+  return np.stack([data_lib.resize_label(p, height, width) for p in predictions]
+                  ).astype(np.uint8)
+
+
+def annotate(config, workdir: str) -> None:
+  """The toy domain's annotation step (see the module docstring). Each part is skipped
+  when its output exists, so an interrupted stage resumes."""
+  from dgan_jax.downstream import run as run_lib  # pylint: disable=import-outside-toplevel
+  test_dir(config, workdir)
+  run_dir = run_lib.train_run(config, workdir, 'supervised')
+  annotate_dir = os.path.join(workdir, 'annotate')
+  count = config.data.num_annotated
+  missing = [i for i in range(count)
+             if not os.path.isfile(annotations.mask_path(annotate_dir, i, 'plain'))]
+  if missing:
+    pictures = []
+    for i in missing:
+      path = annotations.image_path(annotate_dir, i, 'plain')
+      if not os.path.isfile(path):
+        raise InputError(f'{path}: missing; run the sample stage first')
+      with Image.open(path) as image:
+        pictures.append(np.asarray(image.convert('RGB')))
+    for i, mask in zip(missing, label_images(config, run_dir, np.stack(pictures))):
+      path = annotations.mask_path(annotate_dir, i, 'plain')
+      Image.fromarray(mask).save(path + '.partial.png')
+      os.replace(path + '.partial.png', path)
+    logging.info('annotate: the supervised segmenter labelled %d images in %s (an annotator '
+                 'model standing in for a person)', len(missing), annotate_dir)
+  _colour_baseline(config, workdir)
+
+
+def _colour_baseline(config, workdir: str) -> None:
+  path = os.path.join(workdir, 'toy', 'colour_baseline.json')
+  if os.path.isfile(path) or not config.toy.colour_baseline_images:
+    return
+  from dgan_jax.toy import baselines  # pylint: disable=import-outside-toplevel
+  count = config.toy.colour_baseline_images
+  record = baselines.colour_baseline(COLOUR_SEED + config.seed, count, count // 4,
+                                     config.toy.resolution)
+  with open(path + '.partial', 'w') as f:
+    json.dump(record, f, indent=2)
+  os.replace(path + '.partial', path)

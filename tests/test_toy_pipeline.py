@@ -1,0 +1,75 @@
+"""The built-in toy domain end to end: `configs/toy.py:quick` (the CI smoke run) and the
+default config of `python -m dgan_jax.main`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO
+from dgan_jax.toy import render
+from dgan_jax.toy import stages as toy_stages
+
+
+def run_main(*args):
+  return subprocess.run([sys.executable, '-m', 'dgan_jax.main', *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=1200)
+
+
+@pytest.mark.slow
+def test_quick_toy_run_produces_the_report(tmp_path):
+  workdir = tmp_path / 'toy'
+  result = run_main('--config=configs/toy.py:quick', f'--workdir={workdir}')
+  assert result.returncode == 0, result.stderr[-3000:]
+
+  # The test set is the renderer's output for its own seed, exact masks included.
+  test_dir = workdir / 'toy' / 'test'
+  assert len(list(test_dir.glob('*.npy'))) == 100
+  images, masks = render.render(toy_stages.TEST_SEED, [0, 57], 32)
+  for k, i in enumerate([0, 57]):
+    np.testing.assert_array_equal(np.load(test_dir / f'{i:05d}.npy'), masks[k])
+    np.testing.assert_array_equal(np.asarray(Image.open(test_dir / f'{i:05d}.png')), images[k])
+
+  # The annotator stand-in wrote one mask per sample, where a person would.
+  for i in range(16):
+    mask = np.asarray(Image.open(workdir / 'annotate' / f'mask_{i}.png'))
+    assert mask.shape == (32, 32) and mask.max() < render.NUM_CLASSES
+    assert (mask > 0).any()  # the annotator finds a car in a GAN sample
+
+  with open(workdir / 'eval.json') as f:
+    record = json.load(f)
+  runs = record['runs']
+  assert set(runs) == {'synthetic', 'synthetic_unfiltered', 'few_shot', 'supervised'}
+  # 300 samples, floor(0.1 * 300) = 30 dropped; unfiltered trains on all 300.
+  assert runs['synthetic']['num_train_images'] == 270
+  assert runs['synthetic_unfiltered']['num_train_images'] == 300
+  assert runs['few_shot']['num_train_images'] == 16
+  assert runs['supervised']['num_train_images'] == 1000
+  assert record['protocol']['num_test_images'] == 100
+  assert not record['protocol']['stand_in_test_images']
+
+  report = (workdir / 'report.md').read_text()
+  assert 'annotator' in report
+  for run in runs.values():
+    assert f'{100 * run["miou_mean"]:.1f}' in report
+  assert (workdir / 'report.html').is_file()
+
+  # A rerun finds every stage done and rewrites nothing.
+  mtimes = {p: os.path.getmtime(workdir / p) for p in ('eval.json', 'report.md',
+                                                       'annotate/mask_0.png')}
+  result = run_main('--config=configs/toy.py:quick', f'--workdir={workdir}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert {p: os.path.getmtime(workdir / p) for p in mtimes} == mtimes
+
+
+def test_default_config_is_the_toy_domain(tmp_path):
+  result = run_main(f'--workdir={tmp_path}', '--stages=sample')
+  assert result.returncode == 0, result.stderr[-3000:]
+  latents = np.load(tmp_path / 'annotate' / 'latents.npy')
+  assert latents.shape == (16, 128)   # the toy GAN's latent size
+  image = np.asarray(Image.open(tmp_path / 'annotate' / 'image_15.png'))
+  assert image.shape == (32, 32, 3)
