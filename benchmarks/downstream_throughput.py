@@ -61,8 +61,10 @@ def run_ours(args) -> dict:
   r = args.resolution
   images = rng.integers(0, 256, (args.batch, r, r, 3), dtype=np.uint8)
   labels = rng.integers(0, NUM_CLASSES, (args.batch, r, r)).astype(np.uint8)
+  images, labels = jax.device_put(
+      (images, labels), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data')))
   model = deeplab.DeepLabV3(arch)
-  step = train.make_train_step(model, options, mesh, 0)
+  step = train.make_train_step(model, options, 0)
   start = time.perf_counter()
   compiled = step.lower(state, images, labels).compile()
   compile_seconds = time.perf_counter() - start
@@ -75,7 +77,7 @@ def run_ours(args) -> dict:
   jax.block_until_ready(metrics)
   train_seconds = (time.perf_counter() - start) / args.steps
 
-  predict = evaluate.make_predict(model, mesh)
+  predict = evaluate.make_predict(model)
   variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
   compiled_eval = predict.lower(variables, images, labels).compile()
   eval_flops = _flops(compiled_eval)

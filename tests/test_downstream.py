@@ -272,9 +272,10 @@ _DEVICES_SCRIPT = textwrap.dedent('''
       mesh = train.make_mesh(devices)
       sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
       state = jax.device_put(train.init_state(arch, options, 0), sharding)
-      step = train.make_train_step(deeplab.DeepLabV3(arch), options, mesh, 0)
-      state, metrics = step(state, images, labels)
-      predict = evaluate.make_predict(deeplab.DeepLabV3(arch), mesh)
+      step = train.make_train_step(deeplab.DeepLabV3(arch), options, 0)
+      by_batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+      state, metrics = step(state, *jax.device_put((images, labels), by_batch))
+      predict = evaluate.make_predict(deeplab.DeepLabV3(arch))
       variables = {{'params': state['params'], 'batch_stats': state['batch_stats']}}
       pred, inter, union = evaluate.predict_all(predict, variables, images[:3], labels[:3],
                                                 4, mesh)

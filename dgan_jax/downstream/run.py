@@ -159,9 +159,9 @@ def run_source(config, workdir: str, run: str, lookup):
   if run in ('synthetic', 'synthetic_unfiltered'):
     split = 'train' if run == 'synthetic' else 'train+dropped'
     source = _synthetic_source(workdir, lookup, split)
-    kind = 'kept' if run == 'synthetic' else 'all, unfiltered'
+    kind = '' if run == 'synthetic' else ', unfiltered'
     return source, _synthetic_steps(config, workdir, run), (
-        f'synthetic dataset ({kind}): {len(source)} images')
+        f'synthetic dataset{kind}: {len(source)} images')
   if run == 'supervised':
     from dgan_jax.toy import stages as toy_stages  # pylint: disable=import-outside-toplevel
     source = data_lib.apply_lookup(toy_stages.supervised_source(config, workdir), lookup)
