@@ -23,22 +23,10 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+import machine  # pylint: disable=wrong-import-position  # benchmarks/machine.py
 
 STAGES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 NUM_CLASSES = 20
-
-
-def _peak_gflops() -> float:
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  a = jnp.ones((2048, 2048), jnp.float32)
-  matmul = jax.jit(lambda x: x @ x)
-  matmul(a).block_until_ready()
-  start = time.perf_counter()
-  for _ in range(10):
-    out = matmul(a)
-  out.block_until_ready()
-  return 10 * 2 * 2048 ** 3 / (time.perf_counter() - start) / 1e9
 
 
 def _flops(compiled) -> float:
@@ -87,7 +75,7 @@ def run_ours(args) -> dict:
     out = compiled_eval(variables, images, labels)
   jax.block_until_ready(out)
   eval_seconds = (time.perf_counter() - start) / args.steps
-  peak = _peak_gflops()
+  peak = machine.matmul_gflops()
   return {
       'devices': mesh.size, 'params': deeplab.count_params(state['params']),
       'compile_seconds': round(compile_seconds, 1),
