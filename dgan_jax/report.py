@@ -131,12 +131,14 @@ def _text_blocks(config, evaluation: dict, generation: dict | None,
     rows.append([_label(run), r['trained_on'], str(r['num_train_images']), miou,
                  _percent(r['miou_absent_as_zero_mean'])])
   if baseline is not None:
-    rows.append([COLOUR_BASELINE_LABEL, baseline['description'], '-',
-                 _percent(baseline['miou']), '-'])
+    rows.append([COLOUR_BASELINE_LABEL, baseline.get('trained_on', '-'),
+                 str(baseline.get('num_train_images', '-')), _percent(baseline['miou']), '-'])
   blocks += [('h2', 'Mean IoU'),
              ('p', f'Mean ± std over {protocol["num_folds"]} folds, in %.'),
              ('table', ['run', 'trained on', 'images', 'mIoU (%)',
                         'mIoU, absent as zero (%)'], rows)]
+  if baseline is not None:
+    blocks.append(('p', baseline['description']))
 
   columns = [(_label(r), runs[r]['class_iou']) for r in names]
   if baseline is not None:

@@ -67,7 +67,8 @@ def colour_baseline(seed: int, num_train: int, num_test: int, size: int = 32,
   render(seed + 1) images 0..num_test-1.
 
   Returns:
-    {'miou', 'class_iou': {class name: IoU}, 'description'}.
+    {'miou', 'class_iou': {class name: IoU}, 'trained_on', 'num_train_images',
+    'description'}.
   """
   train_images, train_masks = render.render(seed, np.arange(num_train), size)
   test_images, test_masks = render.render(seed + 1, np.arange(num_test), size)
@@ -77,6 +78,8 @@ def colour_baseline(seed: int, num_train: int, num_test: int, size: int = 32,
       'miou': mean,
       'class_iou': {name: (None if np.isnan(v) else float(v))
                     for name, v in zip(render.CLASS_NAMES, per_class)},
+      'trained_on': f'the pixels of {num_train} rendered images, RGB in {bins}^3 cells',
+      'num_train_images': num_train,
       'description': (
           f'Per-pixel colour classifier: RGB quantized into {bins}^3 cells, each predicting '
           f'the most frequent class of its {num_train} training images\' pixels '
