@@ -24,7 +24,7 @@ def get_config(arg=None):
   config.generator.how_to_get = (
       'It is committed with the repository; to retrain it: python -m dgan_jax.gan '
       '--config=configs/toy_gan.py --workdir=/tmp/toy_gan --export=checkpoints/toy_cars32')
-  config.generator.truncation_psi = 0.8
+  config.generator.truncation_psi = 1.0   # the whole distribution, as the test renders
   config.generator.truncation_cutoff = 8   # every layer of the 32 px network
 
   config.data.name = 'toy_cars'
@@ -40,11 +40,13 @@ def get_config(arg=None):
   config.toy.test_images = 500
 
   config.interpreter.num_members = 10
-  config.interpreter.max_epochs = 10
+  # A fixed number of steps: at 32 px one epoch is 256 steps, and the original's stopping
+  # rule (meant for 512 px epochs) would stop after about 4 epochs.
+  config.interpreter.num_steps = 6000
   config.interpreter.checkpoint_every = 2000
   config.sample.num_samples = 16
   config.sample.grid_columns = 8
-  config.generate.num_samples = 3000
+  config.generate.num_samples = 6000
   config.generate.batch_size = 50
   config.generate.samples_per_shard = 500
   config.generate.preview_count = 32
@@ -58,7 +60,8 @@ def get_config(arg=None):
   config.downstream.aspp_channels = 64
   config.downstream.resolution = 64
   config.downstream.batch_size = 16
-  config.downstream.epochs = 6
+  config.downstream.epochs = 5
+  config.downstream.steps_per_epoch = 250   # every run, the few-shot one included
   config.downstream.scale_range = (0.8, 1.25)
   config.downstream.log_every = 20
   config.evaluate.batch_size = 50
@@ -73,7 +76,6 @@ def get_config(arg=None):
     config.generate.samples_per_shard = 100
     config.downstream.epochs = 2
     config.downstream.steps_per_epoch = 30
-    config.downstream.few_shot_steps_per_epoch = 30
   elif arg:
     raise ValueError(f'configs/toy.py: unknown variant {arg!r} (known: quick)')
   return config_lib.finalize(config)
