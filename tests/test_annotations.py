@@ -12,7 +12,7 @@ from dgan_jax.errors import InputError
 
 def data_config(**overrides):
   config = ml_collections.ConfigDict({'num_classes': 4, 'num_annotated': 2, 'latents': '',
-                                      'latent_kind': 'z'})
+                                      'latent_kind': 'z', 'min_segment_pixels': 30})
   config.update(overrides)
   return config
 
