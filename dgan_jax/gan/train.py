@@ -63,10 +63,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 def _render_toy_cars(seed: int, count: int, size: int) -> np.ndarray:
   from dgan_jax.toy import render  # pylint: disable=import-outside-toplevel
-  images = []
-  for begin in tqdm(range(0, count, 500), desc='render', unit='x500'):
-    images.append(render.render(seed, np.arange(begin, min(count, begin + 500)), size)[0])
-  return np.concatenate(images)
+  return render.render(seed, np.arange(count), size, progress='render')[0]
 
 
 TRAINING_DATA = {'toy_cars': _render_toy_cars}

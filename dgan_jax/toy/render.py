@@ -12,6 +12,7 @@ tyres, hubs may be painted like the body, windows are tinted like dark paint.
 import colorsys
 
 import numpy as np
+from tqdm import tqdm
 
 CLASS_NAMES = ('background', 'body', 'door', 'window', 'tyre', 'hub', 'light')
 BACKGROUND, BODY, DOOR, WINDOW, TYRE, HUB, LIGHT = range(len(CLASS_NAMES))
@@ -200,12 +201,13 @@ def render_one(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndar
   return np.clip(np.round(image * 255), 0, 255).astype(np.uint8), mask
 
 
-def render(seed: int, indices, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def render(seed: int, indices, size: int = 32, progress: str = '') -> tuple[np.ndarray, np.ndarray]:
   """indices [N] -> (images [N, size, size, 3] uint8, masks [N, size, size] uint8).
 
-  Image i depends only on (seed, i)."""
+  Image i depends only on (seed, i). `progress`: a progress bar's label (none if empty)."""
   images, masks = [], []
-  for index in np.asarray(indices).reshape(-1):
+  for index in tqdm(np.asarray(indices).reshape(-1), desc=progress, unit='img',
+                    disable=not progress):
     image, mask = render_one(np.random.default_rng([seed, int(index)]), size)
     images.append(image)
     masks.append(mask)

@@ -19,7 +19,6 @@ import jax
 import numpy as np
 from absl import logging
 from PIL import Image
-from tqdm import tqdm
 
 from dgan_jax.data import annotations
 from dgan_jax.downstream import data as data_lib
@@ -35,15 +34,6 @@ TRAIN_SEED = 3_000_017
 COLOUR_SEED = 4_000_037
 
 
-def _render(seed: int, count: int, size: int, desc: str) -> tuple[np.ndarray, np.ndarray]:
-  images, masks = [], []
-  for begin in tqdm(range(0, count, 250), desc=desc, unit='x250'):
-    batch = render.render(seed, np.arange(begin, min(count, begin + 250)), size)
-    images.append(batch[0])
-    masks.append(batch[1])
-  return np.concatenate(images), np.concatenate(masks)
-
-
 def _check_enabled(config) -> None:
   if not config.toy.enabled:
     raise InputError('the supervised run and the rendered test set belong to the toy domain '
@@ -57,8 +47,8 @@ def test_dir(config, workdir: str) -> str:
   if os.path.isdir(out):
     return out
   from dgan_jax.stages import atomic_dir  # pylint: disable=import-outside-toplevel
-  images, masks = _render(TEST_SEED + config.seed, config.toy.test_images,
-                          config.toy.resolution, 'render test set')
+  images, masks = render.render(TEST_SEED + config.seed, np.arange(config.toy.test_images),
+                                config.toy.resolution, progress='render test set')
   os.makedirs(os.path.dirname(out), exist_ok=True)
   with atomic_dir(out) as tmp:
     for i, (image, mask) in enumerate(zip(images, masks)):
@@ -75,8 +65,9 @@ def supervised_source(config, workdir: str) -> data_lib.ArraySource:
     with np.load(path) as saved:
       images, masks = saved['images'], saved['masks']
   if not os.path.isfile(path) or len(images) != config.toy.train_images:
-    images, masks = _render(TRAIN_SEED + config.seed, config.toy.train_images,
-                            config.toy.resolution, 'render training pairs')
+    images, masks = render.render(TRAIN_SEED + config.seed,
+                                  np.arange(config.toy.train_images), config.toy.resolution,
+                                  progress='render training pairs')
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + '.partial.npz'
     np.savez(tmp, images=images, masks=masks)
