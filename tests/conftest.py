@@ -1,12 +1,19 @@
 """Shared test helpers: golden reference files and their weights."""
 
 import os
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_main(*args, timeout: int = 600) -> subprocess.CompletedProcess:
+  """`python -m dgan_jax.main *args` from the repository root, output captured."""
+  return subprocess.run([sys.executable, '-m', 'dgan_jax.main', *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout)
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 

@@ -6,8 +6,6 @@ loop, resume, the data layout reader, per-class sampling and the stages end to e
 import importlib
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from conftest import REPO
+import conftest
 from dgan_jax import generators
 from dgan_jax import uncertainty
 from dgan_jax.bigdatasetgan import factory as factory_lib
@@ -588,8 +586,7 @@ def test_resume_gives_the_uninterrupted_result(tmp_path, tiny_g, test_config):
 
 
 def run_main(*args):
-  return subprocess.run([sys.executable, '-m', 'dgan_jax.main', *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=900)
+  return conftest.run_main(*args, timeout=900)
 
 
 @pytest.mark.slow

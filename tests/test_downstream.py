@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import conftest
 from conftest import REPO
 from dgan_jax.data import tfds_writer
 from dgan_jax.downstream import data as data_lib
@@ -318,8 +319,7 @@ def test_four_devices_train_and_predict_like_one():
 
 
 def run_main(*args):
-  return subprocess.run([sys.executable, '-m', 'dgan_jax.main', *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=900)
+  return conftest.run_main(*args, timeout=900)
 
 
 @pytest.mark.slow

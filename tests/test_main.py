@@ -1,23 +1,16 @@
 """The CLI: `python -m dgan_jax.main` with the sample stage, configs and input errors."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import run_main
 from dgan_jax import config as config_lib
 from dgan_jax import generators
 from dgan_jax import stages
 from dgan_jax.errors import InputError
-
-
-def run_main(*args):
-  return subprocess.run([sys.executable, '-m', 'dgan_jax.main', *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=600)
 
 
 def load_config(name):

@@ -3,21 +3,18 @@ default config of `python -m dgan_jax.main`."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+import conftest
 from dgan_jax.toy import render
 from dgan_jax.toy import stages as toy_stages
 
 
 def run_main(*args):
-  return subprocess.run([sys.executable, '-m', 'dgan_jax.main', *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=1200)
+  return conftest.run_main(*args, timeout=1200)
 
 
 @pytest.mark.slow

@@ -3,21 +3,18 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+import conftest
 from dgan_jax import interpreter
 from dgan_jax.data import annotations
 
 
 def run_main(*args):
-  return subprocess.run([sys.executable, '-m', 'dgan_jax.main', '--config=configs/test.py',
-                         *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+  return conftest.run_main('--config=configs/test.py', *args)
 
 
 @pytest.fixture(scope='module')

@@ -126,7 +126,8 @@ def make_train_step(model: deeplab.DeepLabV3, options: TrainOptions, seed: int):
     return new_state, {'loss': loss, 'accuracy': accuracy}
 
   # The shardings come from the arguments (the state replicated, batches split over
-  # 'data'). Stating them as in/out_shardings made the step 5x slower on CPU (jax 0.10).
+  # 'data'). Stating them as in/out_shardings made the step several times slower on CPU
+  # (jax 0.10).
   return jax.jit(step, donate_argnums=(0,))
 
 
