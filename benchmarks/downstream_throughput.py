@@ -39,10 +39,11 @@ def _flops(compiled) -> float:
 def run_ours(args) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
+  from dgan_jax import parallel  # pylint: disable=import-outside-toplevel
   from dgan_jax.downstream import deeplab, evaluate, train  # pylint: disable=import-outside-toplevel
   arch = deeplab.DeepLabArch(num_classes=NUM_CLASSES, stage_sizes=STAGES[args.depth])
   options = train.TrainOptions(batch_size=args.batch, resolution=args.resolution)
-  mesh = train.make_mesh()
+  mesh = parallel.make_mesh(scope='global')
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   state = jax.device_put(train.init_state(arch, options, 0), replicated)
   rng = np.random.default_rng(0)

@@ -40,6 +40,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 from dgan_jax import features  # pylint: disable=wrong-import-position
 from dgan_jax import interpreter  # pylint: disable=wrong-import-position
 from dgan_jax import latents  # pylint: disable=wrong-import-position
+from dgan_jax import parallel  # pylint: disable=wrong-import-position
 from dgan_jax.data import synthetic  # pylint: disable=wrong-import-position
 from dgan_jax.generators import stylegan1  # pylint: disable=wrong-import-position
 
@@ -141,7 +142,7 @@ class Stepper:
   def __init__(self, data, layout, members):
     self.arch = interpreter.InterpreterArch(layout.dim, NUM_CLASSES, members)
     options = interpreter.TrainOptions(num_steps=1)
-    mesh = interpreter.make_mesh()
+    mesh = parallel.make_mesh()
     steps_per_epoch = data.num_pixels // options.batch_size
     self.step = interpreter._make_train_step(  # pylint: disable=protected-access
         self.arch, options, layout, mesh, 'members', steps_per_epoch, freeze_stopped=False)

@@ -30,6 +30,7 @@ def get_config(arg=None):
       "converted with BigGAN-PyTorch's TFHub/converter.py (see BigDatasetGAN's README), "
       'then convert it: python -m convert_weights biggan biggan-512.pth checkpoints/biggan512')
   config.data.name = 'bigdatasetgan'
+  config.labeler = 'conv_head'
   config.data.num_classes = 2
   config.data.class_names = ('background', 'foreground')
   config.data.annotation_dir = 'data'

@@ -3,16 +3,17 @@
   python -m dgan_jax.main --config=configs/test.py --workdir=/tmp/dgan_test
 """
 
+import ml_collections
+
 from dgan_jax import config as config_lib
 
 
 def get_config(arg=None):
   del arg
   config = config_lib.base()
-  config.generator.random_init.enabled = True
-  config.generator.random_init.resolution = 32
-  config.generator.random_init.fmap_base = 128
-  config.generator.random_init.fmap_max = 32
+  config.generator.random_init.type = 'stylegan1'
+  config.generator.random_init.arch = ml_collections.ConfigDict(
+      {'resolution': 32, 'fmap_base': 128, 'fmap_max': 32})
   config.data.name = 'test'
   config.data.num_classes = 3
   config.data.class_names = ('background', 'part_a', 'part_b')

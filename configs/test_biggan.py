@@ -4,6 +4,8 @@ BigDatasetGAN stages (sample, train the segmentation heads, generate) in seconds
   python -m dgan_jax.main --config=configs/test_biggan.py --workdir=/tmp/dgan_test_biggan
 """
 
+import ml_collections
+
 from dgan_jax import config as config_lib
 
 
@@ -11,15 +13,13 @@ def get_config(arg=None):
   del arg
   config = config_lib.base()
   config.stages = 'sample,train_interpreter,generate'
-  config.generator.random_init.enabled = True
   config.generator.random_init.type = 'biggan'
-  config.generator.random_init.resolution = 32   # blocks at 8, 16 (+ attention), 32 px
-  config.generator.random_init.biggan.ch = 4
-  config.generator.random_init.biggan.dim_z = 20
-  config.generator.random_init.biggan.shared_dim = 8
-  config.generator.random_init.biggan.num_classes = 1000
-  config.generator.random_init.biggan.attention_resolutions = (16,)
+  config.generator.random_init.arch = ml_collections.ConfigDict(
+      {'resolution': 32,   # blocks at 8, 16 (+ attention), 32 px
+       'ch': 4, 'dim_z': 20, 'shared_dim': 8, 'num_classes': 1000,
+       'attention_resolutions': (16,)})
   config.data.name = 'test_biggan'
+  config.labeler = 'conv_head'
   config.data.num_classes = 2
   config.data.class_names = ('background', 'foreground')
   config.data.synthetic_masks = True    # brightness masks stand in for annotations

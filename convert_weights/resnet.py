@@ -16,15 +16,13 @@ DST holds `resnet.json` (format, arch, what it contains, what was dropped) and
 'batch_stats/backbone/bn1/mean', ...), read by `deeplab.load_converted`.
 """
 
-import json
 import os
 import re
-import shutil
-import tempfile
 
 import numpy as np
 
 from convert_weights import safe_load
+from dgan_jax import io
 from dgan_jax.downstream import deeplab
 from dgan_jax.generators import checkpoint
 from dgan_jax.generators.checkpoint import CheckpointError
@@ -162,15 +160,7 @@ def convert(src: str, dst: str, aspp_rates: tuple[int, ...] | None = None) -> di
     record['arch'].update(num_classes=0)
   dst = os.path.abspath(dst)
   os.makedirs(os.path.dirname(dst), exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=os.path.basename(dst) + '.tmp-', dir=os.path.dirname(dst))
-  try:
+  with io.atomic_dir(dst) as tmp:
     np.savez(os.path.join(tmp, 'params.npz'), **flat)
-    with open(os.path.join(tmp, 'resnet.json'), 'w') as f:
-      json.dump(record, f, indent=2)
-    if os.path.exists(dst):
-      shutil.rmtree(dst)
-    os.rename(tmp, dst)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+    io.write_json(os.path.join(tmp, 'resnet.json'), record)
   return record

@@ -6,6 +6,7 @@ returned ConfigDict is locked, so a misspelt field fails at once with its name.
 
 import ml_collections
 
+from dgan_jax import labelers
 from dgan_jax.errors import InputError
 
 STAGES = ('sample', 'annotate', 'train_interpreter', 'generate', 'train_downstream', 'evaluate',
@@ -16,6 +17,10 @@ def base() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0                # every random draw of the run derives from it
   config.stages = 'all'          # 'all' or comma-separated names from STAGES
+  # What learns labels from the generator's features (dgan_jax/labelers.py): 'mlp',
+  # DatasetGAN's per-pixel MLP ensemble (options: config.interpreter), or 'conv_head',
+  # BigDatasetGAN's segmentation head (options: config.biggan.head, config.biggan.train).
+  config.labeler = 'mlp'
 
   config.generator = ml_collections.ConfigDict()
   config.generator.checkpoint = ''      # directory written by `python -m convert_weights`
@@ -28,21 +33,12 @@ def base() -> ml_collections.ConfigDict:
   # index), so sample i is the same whatever the batching (regenerating an annotated
   # image from its latent alone then needs 'const' or 'zero').
   config.generator.noise = 'const'
-  # A random-weight StyleGAN (v1) instead of a checkpoint: tests and smoke runs.
+  # Random weights instead of a checkpoint (tests, smoke runs): a generator family (the
+  # module dgan_jax/generators/<type>.py) and the fields of its architecture record,
+  # e.g. type 'stylegan1', arch {'resolution': 32, 'fmap_base': 128, 'fmap_max': 32}.
   config.generator.random_init = ml_collections.ConfigDict()
-  config.generator.random_init.enabled = False
-  config.generator.random_init.type = 'stylegan1'   # or 'biggan' (fields below)
-  config.generator.random_init.resolution = 32
-  config.generator.random_init.fmap_base = 128
-  config.generator.random_init.fmap_max = 32
-  config.generator.random_init.mapping_layers = 8
-  # type 'biggan': a BigGAN-PyTorch-layout BigGAN (generators/biggan.py, BigGANArch).
-  config.generator.random_init.biggan = ml_collections.ConfigDict()
-  config.generator.random_init.biggan.ch = 4                 # G_ch
-  config.generator.random_init.biggan.dim_z = 20             # split into num_blocks + 1 chunks
-  config.generator.random_init.biggan.shared_dim = 8         # class embedding width
-  config.generator.random_init.biggan.num_classes = 1000
-  config.generator.random_init.biggan.attention_resolutions = (16,)
+  config.generator.random_init.type = ''    # '' = load config.generator.checkpoint
+  config.generator.random_init.arch = ml_collections.ConfigDict()
 
   config.data = ml_collections.ConfigDict()
   config.data.name = ''
@@ -123,6 +119,11 @@ def base() -> ml_collections.ConfigDict:
   # Few-shot run: 0 gives it the synthetic run's steps per epoch (as many updates).
   config.downstream.few_shot_steps_per_epoch = 0
   config.downstream.dtype = 'float32'   # or 'bfloat16' on accelerators
+  # What the segmenter predicts: 'labels' (the generated labels, mapped by
+  # data.eval_class_map when set), 'binary' (foreground vs background, as BigDatasetGAN's
+  # benchmark), 'class' (a class-conditional generator's (K + 1)-way segmentation: each
+  # foreground pixel takes its sample's class, k + 1 for the k-th of biggan.class_idx).
+  config.downstream.label_mode = 'labels'
   config.downstream.log_every = 10      # steps between progress-bar updates
   config.downstream.workers = 4         # threads reading and augmenting examples
 
@@ -136,9 +137,10 @@ def base() -> ml_collections.ConfigDict:
   # for real test images (workdir/test_synthetic/); 0 = test_dir is required.
   config.evaluate.synthetic_test_images = 0
 
-  # BigDatasetGAN: class-conditional BigGAN generators (dgan_jax/bigdatasetgan/), used
-  # instead of the interpreter/sample/generate fields above when the generator is a BigGAN.
-  # Defaults: BigDatasetGAN's train.py and sample_dataset.py.
+  # BigDatasetGAN (defaults: its train.py and sample_dataset.py). Class-conditional
+  # generators (BigGAN, BigGAN-deep) draw per-class samples with these fields instead of
+  # sample.num_samples / generate.num_samples; the 'conv_head' labeler reads head and
+  # train.
   config.biggan = ml_collections.ConfigDict()
   config.biggan.class_idx = (225, 200)  # ImageNet class ids sampled (sample, generate stages)
   config.biggan.samples_per_class = 10  # generate: samples per class (before filtering)
@@ -197,9 +199,7 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if config.generator.noise not in ('const', 'zero', 'per_sample'):
     raise InputError(f"config.generator.noise must be 'const', 'zero' or 'per_sample', "
                      f'got {config.generator.noise!r}')
-  if config.generator.random_init.type not in ('stylegan1', 'biggan'):
-    raise InputError(f"config.generator.random_init.type must be 'stylegan1' or 'biggan', "
-                     f'got {config.generator.random_init.type!r}')
+  labelers.labeler_class(config.labeler)   # InputError naming an unknown labeler
   if config.interpreter.feature_dtype not in ('float32', 'bfloat16'):
     raise InputError(f"config.interpreter.feature_dtype must be 'float32' or 'bfloat16', "
                      f'got {config.interpreter.feature_dtype!r}')
@@ -210,6 +210,7 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise InputError('config.generate.drop_fraction must be in [0, 1)')
   if not 0 < config.generate.top_fraction <= 1:
     raise InputError('config.generate.top_fraction must be in (0, 1]')
+  config.generator.random_init.arch.lock()   # assigned whole by experiment files
   return config
 
 

@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from dgan_jax.errors import InputError
+
 
 def bilinear_source(in_size: int, out_size: int, start: int = 0,
                     stop: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -127,9 +129,25 @@ class FeatureLayout:
       out.append((AxisTable(r0 - first, r1 - first, rw), AxisTable(c0, c1, cw)))
     return out
 
+  def to_json(self) -> dict:
+    return {'map_shapes': [list(s) for s in self.map_shapes], 'channels': list(self.channels),
+            'feature_size': list(self.feature_size), 'crop_rows': list(self.crop_rows)}
+
   def bytes_per_image(self, dtype=np.float32) -> int:
     """Host/device bytes one image's kept native maps take."""
     return int(sum(np.prod(s) for s in self.kept_shapes)) * np.dtype(dtype).itemsize
+
+
+def layout_for(g, data_config) -> FeatureLayout:
+  """Where generator g's feature maps (`g.feature_specs`) land: resized to
+  config.data.feature_size (default: the largest map's size), rows config.data.crop_rows
+  kept."""
+  specs = g.feature_specs
+  try:
+    return FeatureLayout.create([s.shape for s in specs], [s.channels for s in specs],
+                                data_config.feature_size, data_config.crop_rows)
+  except ValueError as e:
+    raise InputError(f'config.data.crop_rows / feature_size: {e}') from None
 
 
 def keep_rows(feature_maps: Sequence[jax.Array], layout: FeatureLayout) -> list[jax.Array]:
@@ -191,6 +209,39 @@ def upsample(feature_map: jax.Array, table: tuple[AxisTable, AxisTable] | dict) 
   x = (1 - rw) * jnp.take(x, r0, axis=1) + rw * jnp.take(x, r1, axis=1)
   cw = jnp.asarray(cw, jnp.float32)[None, None, :, None]
   return (1 - cw) * jnp.take(x, c0, axis=2) + cw * jnp.take(x, c1, axis=2)
+
+
+def resize_columns(x: jax.Array, out_width: int) -> jax.Array:
+  """x [R, w, K] -> [R, out_width, K], bilinear with half-pixel centres (PyTorch
+  align_corners=False), edges clamped. Integer factors use strided slices, not gathers."""
+  width = x.shape[1]
+  if width == out_width:
+    return x
+  if out_width % width == 0:
+    # Output column factor*i + j reads columns i and i-1 (phases left of the centre of
+    # column i) or i and i+1 (right of it). Repeating each column `factor` times and
+    # weighting per output column keeps this one elementwise (fusible) expression.
+    factor = out_width // width
+    offsets = (np.arange(factor) + 0.5) / factor - 0.5
+    centre_w, left_w, right_w = (np.tile(a, width)[None, :, None].astype(np.float32) for a in
+                                 (1 - np.abs(offsets), np.maximum(-offsets, 0),
+                                  np.maximum(offsets, 0)))
+    left = jnp.concatenate([x[:, :1], x[:, :-1]], axis=1)     # edges clamp
+    right = jnp.concatenate([x[:, 1:], x[:, -1:]], axis=1)
+    repeat = lambda a: jnp.broadcast_to(a[:, :, None], a.shape[:2] + (factor,) + a.shape[2:]
+                                        ).reshape(a.shape[0], out_width, a.shape[2])
+    return centre_w * repeat(x) + left_w * repeat(left) + right_w * repeat(right)
+  if width % out_width == 0:
+    factor = width // out_width
+    grouped = x.reshape(x.shape[0], out_width, factor, x.shape[2])
+    first, frac = divmod((factor - 1) / 2, 1)  # source position factor*i + (factor-1)/2
+    first = int(first)
+    if frac == 0:
+      return grouped[:, :, first]
+    return (1 - frac) * grouped[:, :, first] + frac * grouped[:, :, first + 1]
+  index0, index1, weight1 = bilinear_source(width, out_width)
+  weight1 = jnp.asarray(weight1)[None, :, None]
+  return (1 - weight1) * jnp.take(x, index0, axis=1) + weight1 * jnp.take(x, index1, axis=1)
 
 
 def image_layout(layout: FeatureLayout, resolution: int) -> FeatureLayout:

@@ -12,9 +12,11 @@ index first) and assembles the dataset by copying serialized records:
   workdir/dataset/   {name}-train.array_record-*   the kept samples, by index
                      {name}-dropped.array_record-* the dropped ones
                      dataset_info.json, features.json (TFDS metadata)
-                     generation.json  every sample's score, the threshold, the config
+                     generation.json  every sample's score, the threshold, the config (and
+                                      the classes of a conditional generator)
                      preview.png      samples and their labels, kept (green) / dropped (red)
-  workdir/generate/  raw/ (the shards), summary.json (timing)
+  workdir/generate/  raw/ (the shards), plan.json (what the shards depend on: a changed
+                     plan deletes them), summary.json (timing)
 """
 
 import glob
@@ -25,10 +27,11 @@ import shutil
 import time
 
 import numpy as np
-import tensorflow_datasets as tfds
 from absl import logging
 from tqdm import tqdm
 
+from dgan_jax import io
+from dgan_jax import parallel
 from dgan_jax.data import images as image_utils
 from dgan_jax.data import tfds_writer
 
@@ -43,19 +46,6 @@ def shard_ranges(num_samples: int, samples_per_shard: int) -> list[tuple[int, in
 
 def _shard_base(raw_dir: str, shard: int, count: int) -> str:
   return os.path.join(raw_dir, f'shard-{shard:05d}-n{count}')
-
-
-def _save_npy(path: str, array: np.ndarray) -> None:
-  tmp = path + '.partial.npy'
-  np.save(tmp, array)
-  os.replace(tmp, path)
-
-
-def _write_json(path: str, obj) -> None:
-  tmp = path + '.partial'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
 
 
 def generate_shards(factory, features, raw_dir: str, num_samples: int, samples_per_shard: int,
@@ -89,7 +79,7 @@ def generate_shards(factory, features, raw_dir: str, num_samples: int, samples_p
             scores.append((index, out['uncertainty'][j]))
           generated += len(indices)
           bar.update(len(indices))
-      _save_npy(base + '.scores.npy', np.asarray(scores, np.float64))
+      io.save_npy(base + '.scores.npy', np.asarray(scores, np.float64))
   seconds = time.time() - start_time
   return {'generated': generated, 'seconds': round(seconds, 3),
           'images_per_second': round(generated / seconds, 3) if generated else None,
@@ -146,17 +136,24 @@ def _preview(features, shards, kept_mask, scores, palette, count: int) -> np.nda
 
 
 def finalize(config, features, raw_dir: str, out_dir: str, timing: dict,
-             num_samples: int | None = None) -> dict:
+             num_samples: int | None = None, classes=()) -> dict:
   """Ranks every score and writes the dataset directory (atomically).
-  num_samples: default config.generate.num_samples."""
+  num_samples: default config.generate.num_samples; classes: (id, name) of the classes
+  of a conditional generator's samples, recorded in generation.json."""
   gen = config.generate
   num_samples = gen.num_samples if num_samples is None else num_samples
   shards, indices, scores = read_scores(raw_dir, num_samples, gen.samples_per_shard)
   kept_mask, threshold = select(indices, scores, gen.drop_fraction)
+  with io.atomic_dir(out_dir) as tmp:
+    return _write_dataset(config, features, tmp, shards, indices, scores, kept_mask,
+                          threshold, timing, classes)
+
+
+def _write_dataset(config, features, tmp: str, shards, indices, scores, kept_mask,
+                   threshold: float, timing: dict, classes) -> dict:
+  """The dataset directory's contents, written into `tmp`."""
+  gen = config.generate
   name = gen.dataset_name
-  tmp = out_dir + '.partial'
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
   counts = {'train': int(kept_mask.sum()), 'dropped': int((~kept_mask).sum())}
   lengths = {split: [] for split in counts}
   writers = {}
@@ -198,10 +195,9 @@ def finalize(config, features, raw_dir: str, out_dir: str, timing: dict,
             'samples': [{'index': int(i), 'uncertainty': float(s), 'kept': bool(k)}
                         for i, s, k in zip(indices, scores, kept_mask)],
             'timing': timing, 'config': json.loads(config.to_json())}
-  _write_json(os.path.join(tmp, 'generation.json'), record)
-  if os.path.exists(out_dir):
-    shutil.rmtree(out_dir)
-  os.rename(tmp, out_dir)
+  if classes:
+    record['classes'] = [{'id': int(c), 'name': name} for c, name in classes]
+  io.write_json(os.path.join(tmp, 'generation.json'), record)
   return record
 
 
@@ -217,39 +213,66 @@ def wait_for_processes(raw_dir: str, process_count: int, timeout: float = 24 * 3
     time.sleep(1.0)
 
 
-def run(config, factory, workdir: str, process_index: int = 0, process_count: int = 1,
-        num_samples: int | None = None) -> None:
-  """The whole stage for one process (see the module docstring).
+def _wait_for_plan(plan_path: str, plan: dict, timeout: float = 3600) -> None:
+  """Processes other than 0 wait until process 0 has cleared stale shards and written
+  the plan, so none writes a shard that is then deleted."""
+  deadline = time.time() + timeout
+  while True:
+    try:
+      if io.read_json(plan_path) == json.loads(json.dumps(plan)):
+        return
+    except json.JSONDecodeError:
+      pass
+    if time.time() > deadline:
+      raise TimeoutError(f'{plan_path}: process 0 has not written the current plan')
+    time.sleep(1.0)
 
-  factory: `layout.output_shape`, `generator.arch.latent_size`, `num_devices` and
-  `__call__(indices) -> dict` (image, label, uncertainty, z, and one [B] array per entry
-  of its optional `extra_features`: name -> numpy dtype, stored as scalar features).
-  num_samples: default config.generate.num_samples.
+
+def run(config, factory, workdir: str, plan: dict, num_samples: int) -> None:
+  """The whole stage for this process (see the module docstring).
+
+  factory: `layout.output_shape`, `latent_size`, `extra_features` (name -> numpy dtype of
+  per-sample scalars), `num_devices` and `__call__(indices) -> dict` (image, label,
+  uncertainty, z, and the extra features).
+  plan: what sample i depends on besides its index (seed, sampling, labeler weights):
+  when it differs from the plan of the shards on disk, they are deleted first; a finished
+  dataset of num_samples samples under the same plan is kept as it is.
   """
   gen = config.generate
-  num_samples = gen.num_samples if num_samples is None else num_samples
-  out_dir = os.path.join(workdir, 'dataset')
-  stage_dir = os.path.join(workdir, 'generate')
+  out_dir = os.path.join(workdir, io.DATASET)
+  stage_dir = os.path.join(workdir, io.GENERATE)
   raw_dir = os.path.join(stage_dir, 'raw')
+  plan_path = os.path.join(stage_dir, 'plan.json')
+  record = io.read_json(os.path.join(out_dir, 'generation.json'))
+  plan = json.loads(json.dumps(plan))
+  same_plan = io.read_json(plan_path) == plan
+  if same_plan and record is not None and record['num_samples'] == num_samples:
+    logging.info('generate: %s is complete, skipping', out_dir)
+    return
+  process_index, process_count = parallel.initialize(config.distributed)
+  if process_index == 0:
+    io.start_over_if_changed(plan_path, plan, [raw_dir], 'generate')
+  else:
+    _wait_for_plan(plan_path, plan)
   height, width = factory.layout.output_shape
   features = tfds_writer.segmentation_features(height, width, config.data.num_classes,
-                                               factory.generator.arch.latent_size,
-                                               getattr(factory, 'extra_features', None))
+                                               factory.latent_size, factory.extra_features)
   timing = generate_shards(factory, features, raw_dir, num_samples, gen.samples_per_shard,
                            gen.batch_size, process_index, process_count)
   timing.update(num_devices=factory.num_devices, process_index=process_index,
                 process_count=process_count)
-  _write_json(os.path.join(raw_dir, f'process-{process_index}-of-{process_count}.done'), timing)
+  io.write_json(os.path.join(raw_dir, f'process-{process_index}-of-{process_count}.done'),
+                timing)
   if process_index != 0:
     return
   wait_for_processes(raw_dir, process_count)
-  all_timing = [json.load(open(p)) for p in sorted(glob.glob(
+  all_timing = [io.read_json(p) for p in sorted(glob.glob(
       os.path.join(raw_dir, f'process-*-of-{process_count}.done')))]
   record = finalize(config, features, raw_dir, out_dir, {'processes': all_timing},
-                    num_samples)
-  _write_json(os.path.join(stage_dir, 'summary.json'),
-              {'num_samples': record['num_samples'], 'num_kept': record['num_kept'],
-               'threshold': record['threshold'], 'processes': all_timing})
+                    num_samples, classes=factory.sampling.class_names())
+  io.write_json(os.path.join(stage_dir, 'summary.json'),
+                {'num_samples': record['num_samples'], 'num_kept': record['num_kept'],
+                 'threshold': record['threshold'], 'processes': all_timing})
   for marker in glob.glob(os.path.join(raw_dir, 'process-*.done')):
     os.remove(marker)
   if not gen.keep_raw:

@@ -36,17 +36,18 @@ BatchNorm statistics reduced by XLA) or the member axis is.
 
 import dataclasses
 import os
-import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from tqdm import tqdm
 
 from dgan_jax import features as features_lib
+from dgan_jax import io
+from dgan_jax import labelers
+from dgan_jax import parallel as parallel_lib
 from dgan_jax import training
 from dgan_jax import uncertainty
 from dgan_jax.errors import InputError
@@ -177,6 +178,106 @@ def predict(params: Params, batch_stats: Params, features: jax.Array) -> jax.Arr
 
 
 # ----------------------------------------------------------------------------------------
+# Labelling whole images. The D-long per-pixel feature vector (5056 values for the car
+# model, 4 GB per 384x512 image in float32) is never built. Member m's first layer is
+# linear and so is bilinear resizing, so for every map l
+#
+#     resize(F_l) @ W1[m, rows of l] == resize(F_l @ W1[m, rows of l])
+#
+# and each map is projected at its native resolution, the [h_l, w_l, M*H1] projections
+# resized and summed. Output rows are processed in chunks of `chunk_rows`: a chunk reads
+# only the native rows its bilinear taps touch, so memory is bounded by the chunk.
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupPlan:
+  """How a chunk of output rows reads the maps of one native size (h, w).
+
+  Maps of a block share their size, so their projections are summed before resizing.
+  """
+  maps: tuple[int, ...]        # indices of the feature maps in this group
+  width: int                   # native w
+  starts: np.ndarray           # int32 [num_chunks]: first kept native row a chunk reads
+  span: int                    # native rows a chunk reads
+  rows: np.ndarray | None      # float32 [num_chunks, chunk_rows, span]: vertical bilinear
+                               # weights; None when rows map one to one (no resizing)
+
+
+def plan_chunks(layout: features_lib.FeatureLayout, chunk_rows: int) -> list[GroupPlan]:
+  """Per group of equally sized maps, the native rows each chunk of output rows needs
+  and the bilinear weights that produce the chunk from them."""
+  height = layout.output_shape[0]
+  num_chunks = -(-height // chunk_rows)
+  padded = num_chunks * chunk_rows
+  groups: dict[tuple[int, int], list[int]] = {}
+  for i, shape in enumerate(layout.map_shapes):
+    groups.setdefault(shape, []).append(i)
+  tables = layout.tables()
+  plans = []
+  for (_, width), maps in groups.items():
+    rows = tables[maps[0]][0]
+    kept = layout.kept_shapes[maps[0]][0]
+    # Rows past the last output row repeat its taps; their results are discarded.
+    pad = lambda a: np.concatenate([a, np.repeat(a[-1:], padded - height)])
+    r0, r1, rw = (pad(a).reshape(num_chunks, chunk_rows)
+                  for a in (rows.index0, rows.index1, rows.weight1))
+    span = min(int((r1.max(axis=1) - r0.min(axis=1)).max()) + 1, kept)
+    starts = np.clip(np.minimum(r0.min(axis=1), kept - span), 0, None).astype(np.int32)
+    one_to_one = (not rw.any() and span == chunk_rows
+                  and (r0 - starts[:, None] == np.arange(chunk_rows)).all())
+    matrix = None
+    if not one_to_one:
+      matrix = np.zeros((num_chunks, chunk_rows, span), np.float32)
+      c, r = np.meshgrid(np.arange(num_chunks), np.arange(chunk_rows), indexing='ij')
+      np.add.at(matrix, (c, r, r0 - starts[:, None]), 1 - rw)
+      np.add.at(matrix, (c, r, r1 - starts[:, None]), rw)
+    plans.append(GroupPlan(tuple(maps), width, starts, span, matrix))
+  return plans
+
+
+def label_image(feature_maps, params, batch_stats, layout: features_lib.FeatureLayout,
+                plans: list[GroupPlan], top_fraction: float):
+  """One image. feature_maps: list of [kept_l, w_l, C_l] (`features.keep_rows`).
+
+  Returns (label [H', W] int32, pixel_uncertainty [H', W] float32, score float32).
+  """
+  w1 = params['linear0']['weight']                       # [M, D, H1]
+  num_members, _, hidden = w1.shape
+  offsets = layout.channel_offsets
+  height, width = layout.output_shape
+  num_chunks = len(plans[0].starts)
+  chunk_rows = -(-height // num_chunks)
+  group_weights = [
+      jnp.concatenate([w1[:, offsets[i]:offsets[i] + layout.channels[i]] for i in plan.maps],
+                      axis=1).transpose(1, 0, 2).reshape(-1, num_members * hidden)
+      for plan in plans]                                  # per group [C_group, M * H1]
+
+  def one_chunk(chunk):
+    first = params['linear0']['bias'].reshape(1, 1, -1)
+    for plan, weight in zip(plans, group_weights):
+      rows = jnp.concatenate([
+          jax.lax.dynamic_slice_in_dim(feature_maps[i], jnp.asarray(plan.starts)[chunk],
+                                       plan.span, axis=0) for i in plan.maps], axis=-1)
+      projection = jnp.einsum('hwc,ck->hwk', rows, weight.astype(rows.dtype),
+                              preferred_element_type=jnp.float32)
+      if plan.rows is not None:
+        projection = jnp.einsum('rs,swk->rwk', jnp.asarray(plan.rows)[chunk], projection)
+      first = first + features_lib.resize_columns(projection, width)
+    first = first.reshape(chunk_rows * width, num_members, hidden).transpose(1, 0, 2)
+    member_logits = head(params, batch_stats, first)      # [M, P, C]
+    member_labels = jnp.argmax(member_logits, axis=-1)
+    label = uncertainty.majority_vote(member_labels, member_logits.shape[-1])
+    pixel_js = uncertainty.js_divergence(jax.nn.softmax(member_logits, axis=-1))
+    return label.reshape(chunk_rows, width), pixel_js.reshape(chunk_rows, width)
+
+  labels, pixel_js = jax.lax.map(one_chunk, jnp.arange(num_chunks))
+  label = labels.reshape(-1, width)[:height]
+  pixel_js = pixel_js.reshape(-1, width)[:height]
+  score = uncertainty.image_scores(pixel_js[None], top_fraction)[0]
+  return label.astype(jnp.int32), pixel_js, score
+
+
+# ----------------------------------------------------------------------------------------
 # Saving and loading a trained ensemble: `interpreter.json` + `params.npz` (flat names of
 # `InterpreterArch.param_shapes`), read with allow_pickle=False.
 
@@ -247,11 +348,6 @@ class TrainData:
   @property
   def num_pixels(self) -> int:
     return int(np.prod(self.labels.shape))
-
-
-def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A 1-D mesh with axis 'data' over the local devices."""
-  return Mesh(np.asarray(devices if devices is not None else jax.local_devices()), ('data',))
 
 
 def choose_parallel(parallel: str, num_members: int, batch_size: int, num_devices: int) -> str:
@@ -420,14 +516,8 @@ def train(data: TrainData, arch: InterpreterArch, options: TrainOptions, seed: i
   'pixels_per_second': member-pixels trained per second over this run's steps after the
   first (compilation) one.
   """
-  with training.quiet_orbax_logging():
-    return _train(data, arch, options, seed, checkpoint_dir, mesh, progress, stop_after)
-
-
-def _train(data, arch, options, seed, checkpoint_dir, mesh, progress, stop_after):
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   _keep_freed_memory()
-  mesh = mesh or make_mesh()
+  mesh = mesh or parallel_lib.make_mesh()
   parallel = choose_parallel(options.parallel, arch.num_members, options.batch_size,
                              mesh.size)
   num_pixels = data.num_pixels
@@ -446,59 +536,114 @@ def _train(data, arch, options, seed, checkpoint_dir, mesh, progress, stop_after
   state_shardings = _state_shardings(state, mesh, parallel)
   state = jax.device_put(state, state_shardings)
 
-  manager, state = training.open_checkpoints(checkpoint_dir, options.checkpoint_every, state,
-                                             state_shardings, 'interpreter')
-
   permutation_sharding = NamedSharding(mesh, P(None, *_batch_spec(parallel)))
   steps = {freeze: _make_train_step(arch, options, data.layout, mesh, parallel,
                                     steps_per_epoch, freeze) for freeze in (False, True)}
   use_rule = not options.num_steps
-
-  step = int(state['step'])
-  first_step = step
-  history = {'step': [], 'loss': [], 'accuracy': [], 'active': []}
+  # Members still training (the stopping rule); the step variant depends on it.
+  active = None
   permutation, permutation_epoch = None, None
-  active = np.asarray(jax.device_get(state['active']))
-  bar = tqdm(total=total_steps, initial=step, desc='interpreter', unit='step',
-             disable=not progress, dynamic_ncols=True)
-  window_start, window_pixels = time.perf_counter(), 0
-  run_start, run_pixels = None, 0
-  while step < total_steps and active.any():
+
+  def step_fn(state, step):
+    nonlocal active, permutation, permutation_epoch
+    if active is None:
+      active = np.asarray(jax.device_get(state['active']))
     epoch = step // steps_per_epoch
     if epoch != permutation_epoch:
       permutation = jax.device_put(
           pixel_permutations(seed, epoch, arch.num_members, num_pixels, options.batch_size),
           permutation_sharding)
       permutation_epoch = epoch
+    trained = int(active.sum())
     state, metrics = steps[not active.all()](state, stores, labels, permutation)
-    step += 1
-    pixels = int(active.sum()) * options.batch_size
-    window_pixels += pixels
-    if step == first_step + 1:
-      jax.block_until_ready(metrics)
-      run_start = time.perf_counter()
-    else:
-      run_pixels += pixels
-    if use_rule:  # the next step's variant depends on who is still training
+    if use_rule:
       active = np.asarray(jax.device_get(state['active']))
-    if manager is not None:
-      manager.save(step, args=ocp.args.StandardSave(state))
-    if step % options.log_every == 0 or step == total_steps or not active.any():
-      metrics = jax.device_get(metrics)
-      if not use_rule:
-        active = np.asarray(metrics['active'])
-      trained = metrics['active']
-      now = time.perf_counter()
-      history['step'].append(step)
-      history['loss'].append(metrics['loss'])
-      history['accuracy'].append(metrics['accuracy'])
-      history['active'].append(trained)
-      bar.set_postfix(loss=f'{metrics["loss"][trained].mean():.4f}',
-                      acc=f'{100 * metrics["accuracy"][trained].mean():.1f}%',
-                      members=int(active.sum()),
-                      px_s=f'{window_pixels / (now - window_start):,.0f}')
-      bar.update(step - bar.n)
-      window_start, window_pixels = now, 0
-  state, rate = training.finish_run(state, step, bar, manager, history, run_start, run_pixels)
+    return state, metrics, trained * options.batch_size
+
+  def postfix(metrics):
+    trained = metrics['active']
+    return {'loss': f'{metrics["loss"][trained].mean():.4f}',
+            'acc': f'{100 * metrics["accuracy"][trained].mean():.1f}%',
+            'members': int(active.sum())}
+
+  state, rate = training.run(
+      state, checkpoint_dir, options.checkpoint_every, state_shardings, total_steps, step_fn,
+      desc='interpreter', rate_name='px_s', log_every=options.log_every,
+      metric_names=('loss', 'accuracy', 'active'), postfix=postfix, progress=progress,
+      keep_going=lambda: active is None or bool(active.any()))
   state['pixels_per_second'] = rate
   return state
+
+
+# ----------------------------------------------------------------------------------------
+# The pipeline's labeler 'mlp'.
+
+
+class Labeler(labelers.Labeler):
+  """DatasetGAN's MLP ensemble as the pipeline's labeler: trained on the native feature
+  maps of the annotated samples (kept on the devices, read per pixel), labelling whole
+  images with its first layer folded into the native maps."""
+  name = 'mlp'
+  folder = io.INTERPRETER
+  meta_file = 'interpreter.json'
+
+  def __init__(self, arch: InterpreterArch, options: TrainOptions | None = None,
+               variables: dict | None = None, feature_dtype: str = 'float32'):
+    self.arch = arch
+    self.options = options or TrainOptions()
+    self.variables = variables
+    self.feature_dtype = feature_dtype
+
+  @classmethod
+  def create(cls, config, g, layout) -> 'Labeler':
+    del g   # the layout holds what the generator gives
+    arch = InterpreterArch(feature_dim=layout.dim, num_classes=config.data.num_classes,
+                           num_members=config.interpreter.num_members)
+    return cls(arch, TrainOptions.from_config(config.interpreter),
+               feature_dtype=config.interpreter.feature_dtype)
+
+  @classmethod
+  def load(cls, directory: str) -> 'Labeler':
+    arch, params, batch_stats, _ = load(directory)
+    return cls(arch, variables={'params': params, 'batch_stats': batch_stats})
+
+  def save(self, directory: str, info: dict) -> None:
+    save(directory, self.arch, self.variables['params'], self.variables['batch_stats'], info)
+
+  def record(self) -> dict:
+    return {'arch': self.arch.to_json(), 'options': dataclasses.asdict(self.options),
+            'feature_dtype': self.feature_dtype}
+
+  def check_layout(self, g, layout) -> None:
+    del g
+    if layout.dim != self.arch.feature_dim:
+      raise InputError(f'the interpreter expects {self.arch.feature_dim} feature values per '
+                       f'pixel; the generator gives {layout.dim}')
+
+  def train(self, g, sampling, data, layout, seed: int, checkpoint_dir: str) -> dict:
+    dtype = jnp.dtype(self.feature_dtype)
+    stores, _, seconds_per_image = features_lib.extract_stores(
+        lambda i: g.regenerate({k: v[i:i + 1] for k, v in data.inputs.items()}, sampling),
+        len(data), layout, dtype)
+    masks = jnp.asarray(data.masks(range(len(data))))
+    state = train(TrainData(stores, masks, layout), self.arch, self.options, seed,
+                  checkpoint_dir=checkpoint_dir)
+    self.variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
+    return {'steps': int(state['step']), 'history': state['history'],
+            'stopped_by_rule': [bool(not a) for a in state['active']],
+            'best_loss': [float(x) if np.isfinite(x) else None for x in state['best_loss']],
+            'pixels_per_second': round(float(state['pixels_per_second']), 1),
+            'feature_seconds_per_image': round(seconds_per_image, 3),
+            'feature_megabytes': round(layout.bytes_per_image(dtype) * len(data) / 2**20, 1)}
+
+  def label_fn(self, layout, top_fraction: float, chunk_rows: int) -> labelers.LabelFn:
+    plans = plan_chunks(layout, min(chunk_rows, layout.output_shape[0]))
+
+    def label(variables, feature_maps, cond):
+      del cond   # the MLP reads the feature maps alone
+      kept = features_lib.keep_rows(feature_maps, layout)
+      return jax.lax.map(
+          lambda maps: label_image(maps, variables['params'], variables['batch_stats'],
+                                   layout, plans, top_fraction), kept)
+
+    return label

@@ -1,6 +1,12 @@
-"""Processes and devices."""
+"""Processes and devices: joining a multi-process run, and the one device mesh."""
+
+from typing import Sequence
 
 import jax
+import numpy as np
+from jax.sharding import Mesh
+
+DATA_AXIS = 'data'
 
 
 def initialize(distributed_config) -> tuple[int, int]:
@@ -15,3 +21,14 @@ def initialize(distributed_config) -> tuple[int, int]:
   elif distributed_config.auto:
     jax.distributed.initialize()
   return jax.process_index(), jax.process_count()
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None, scope: str = 'local') -> Mesh:
+  """A 1-D mesh with axis 'data' over `devices`, by default this process's devices
+  (scope 'local': work each process does alone, such as generating its shards) or every
+  process's (scope 'global': one data-parallel computation across hosts)."""
+  if devices is None:
+    if scope not in ('local', 'global'):
+      raise ValueError(f"scope must be 'local' or 'global', got {scope!r}")
+    devices = jax.local_devices() if scope == 'local' else jax.devices()
+  return Mesh(np.asarray(devices), (DATA_AXIS,))

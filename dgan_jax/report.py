@@ -3,11 +3,14 @@
   workdir/report.md, report.html  summary, mIoU and per-class IoU tables, images, protocol
   workdir/report/                 the PNGs both files show (relative paths)
 
-Inputs: eval.json and eval/ (evaluate), annotate/ (sample + the masks), interpreter/,
-dataset/ (generate) and the optional toy/colour_baseline.json; sections whose inputs are
-missing are left out, except eval.json, which is required.
+Inputs: eval.json and eval/ (evaluate), the annotated samples and masks, the labeler's
+folder (its check.png), dataset/ (generate), and baseline records a domain left in the
+workdir (`<folder>/<name>_baseline.json`, e.g. the toy domain's per-pixel colour
+classifier); sections whose inputs are missing are left out, except eval.json, which is
+required.
 """
 
+import glob
 import html
 import json
 import os
@@ -16,10 +19,12 @@ import typing
 
 import numpy as np
 from absl import logging
-from PIL import Image
 
+from dgan_jax import domains
+from dgan_jax import io
+from dgan_jax import labelers
 from dgan_jax import parallel
-from dgan_jax.data import annotations
+from dgan_jax.data import annotated
 from dgan_jax.data import images as image_utils
 from dgan_jax.downstream import data as data_lib
 from dgan_jax.downstream import train as train_lib
@@ -28,7 +33,7 @@ from dgan_jax.errors import InputError
 RUN_LABELS = {'few_shot': 'few-shot', 'synthetic': 'synthetic (filtered)',
               'synthetic_unfiltered': 'synthetic (unfiltered)',
               'supervised': 'fully supervised'}
-COLOUR_BASELINE_LABEL = 'per-pixel colour classifier'
+BASELINE_LABELS = {'colour': 'per-pixel colour classifier'}
 EXAMPLE_COUNT = 16
 _CSS = ('body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}'
         'table{border-collapse:collapse;margin:1em 0}'
@@ -53,24 +58,33 @@ def report(config, workdir: str) -> None:
   if os.path.exists(out_md) and os.path.getmtime(out_md) > os.path.getmtime(eval_path):
     logging.info('report: %s is newer than %s, skipping', out_md, eval_path)
     return
-  from dgan_jax.stages import atomic_dir  # pylint: disable=import-outside-toplevel
   process_index, _ = parallel.initialize(config.distributed)
   if process_index != 0:
     return
   with open(eval_path) as f:
     evaluation = json.load(f)
-  generation = _read_json(os.path.join(workdir, 'dataset', 'generation.json'))
-  baseline = _read_json(os.path.join(workdir, 'toy', 'colour_baseline.json'))
+  generation = io.read_json(os.path.join(workdir, io.DATASET, 'generation.json'))
+  baselines = _baselines(workdir)
   protocol = evaluation['protocol']
-  with atomic_dir(os.path.join(workdir, 'report')) as tmp:
-    blocks = _text_blocks(config, evaluation, generation, baseline)
+  with io.atomic_dir(os.path.join(workdir, io.REPORT)) as tmp:
+    blocks = _text_blocks(config, evaluation, generation, baselines)
     blocks += _image_blocks(config, workdir, tmp, evaluation, generation)
     blocks += [('h2', 'Protocol'), ('p', protocol['description'].rstrip('.') + '.'),
                ('p', 'mIoU: ' + protocol['miou'].rstrip('.') + '.')]
   title = blocks[0][1]
-  _write_text(os.path.join(workdir, 'report.html'), _to_html(title, blocks))
-  _write_text(out_md, _to_markdown(blocks))  # last: its presence marks a finished report
+  io.write_text(os.path.join(workdir, 'report.html'), _to_html(title, blocks))
+  io.write_text(out_md, _to_markdown(blocks))  # last: its presence marks a finished report
   logging.info('report: wrote %s and report.html', out_md)
+
+
+def _baselines(workdir: str) -> list[tuple[str, dict]]:
+  """(label, record) of every baseline record in the workdir's folders."""
+  out = []
+  for path in sorted(glob.glob(os.path.join(glob.escape(workdir), '*', '*_baseline.json'))):
+    name = os.path.basename(path)[:-len('_baseline.json')]
+    record = io.read_json(path)
+    out.append((record.get('label') or BASELINE_LABELS.get(name, name), record))
+  return out
 
 
 def _ordered_runs(runs: dict) -> list[str]:
@@ -86,15 +100,8 @@ def _percent(value) -> str:
   return '-' if value is None else f'{100 * value:.1f}'
 
 
-def _read_json(path: str):
-  if not os.path.isfile(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
 def _text_blocks(config, evaluation: dict, generation: dict | None,
-                 baseline: dict | None) -> list:
+                 baselines: list[tuple[str, dict]]) -> list:
   """Title, summary, the mIoU and per-class IoU tables."""
   runs = evaluation['runs']
   names = _ordered_runs(runs)
@@ -118,10 +125,7 @@ def _text_blocks(config, evaluation: dict, generation: dict | None,
                 f'image-mask pairs reaches {_percent(supervised)}%.')
   blocks = [('h1', f'DatasetGAN report: {config.data.name or "unnamed dataset"}'),
             ('p', summary)]
-  if 'toy' in config and config.toy.enabled:
-    blocks.append(('p', f'The {config.data.num_annotated} masks were made by an annotator '
-                        'model (the fully supervised segmenter trained on rendered '
-                        'image-mask pairs), standing in for a person.'))
+  blocks += [('p', note) for note in domains.from_config(config).report_notes(config)]
 
   rows = []
   for run in names:
@@ -130,19 +134,18 @@ def _text_blocks(config, evaluation: dict, generation: dict | None,
             f'{_percent(r["miou_mean"])} ± {_percent(r["miou_std"])}')
     rows.append([_label(run), r['trained_on'], str(r['num_train_images']), miou,
                  _percent(r['miou_absent_as_zero_mean'])])
-  if baseline is not None:
-    rows.append([COLOUR_BASELINE_LABEL, baseline.get('trained_on', '-'),
+  for label, baseline in baselines:
+    rows.append([label, baseline.get('trained_on', '-'),
                  str(baseline.get('num_train_images', '-')), _percent(baseline['miou']), '-'])
   blocks += [('h2', 'Mean IoU'),
              ('p', f'Mean ± std over {protocol["num_folds"]} folds, in %.'),
              ('table', ['run', 'trained on', 'images', 'mIoU (%)',
                         'mIoU, absent as zero (%)'], rows)]
-  if baseline is not None:
-    blocks.append(('p', baseline['description']))
+  blocks += [('p', baseline['description']) for _, baseline in baselines
+             if 'description' in baseline]
 
   columns = [(_label(r), runs[r]['class_iou']) for r in names]
-  if baseline is not None:
-    columns.append((COLOUR_BASELINE_LABEL, baseline.get('class_iou', {})))
+  columns += [(label, baseline.get('class_iou', {})) for label, baseline in baselines]
   rows = []
   for name in evaluation['classes']:
     cells = [name]
@@ -176,9 +179,13 @@ def _image_blocks(config, workdir: str, out_dir: str, evaluation: dict,
   if annotated is not None:
     save('annotated.png', train_lib.preview_batch(*annotated, palette),
          f'The {len(annotated[0])} annotated images and their masks (image | mask).')
-  copy(os.path.join(workdir, 'interpreter', 'check.png'), 'interpreter_check.png',
-       'Interpreter input check: annotated image | regenerated from its latent | mask.')
-  dataset_dir = os.path.join(workdir, 'dataset')
+  labeler_dir = os.path.join(workdir, labelers.from_config(config).folder)
+  copy(os.path.join(labeler_dir, 'check.png'), 'interpreter_check.png',
+       'Labeler input check: annotated image | regenerated from its latent | mask.')
+  copy(os.path.join(labeler_dir, 'preview.png'), 'interpreter_preview.png',
+       'The labeler on its annotated images: image | mask | prediction | members\' '
+       'disagreement (white: most).')
+  dataset_dir = os.path.join(workdir, io.DATASET)
   if generation is not None:
     if generation['num_kept']:
       kept = data_lib.SyntheticSource(dataset_dir, None, split='train')
@@ -220,42 +227,28 @@ def _image_blocks(config, workdir: str, out_dir: str, evaluation: dict,
 
 
 def _annotated(config, workdir: str) -> tuple[np.ndarray, np.ndarray] | None:
-  """-> (images [N, H, W, 3], masks [N, H, W] at the image size) of the annotated images
-  the interpreter read, or None when there are none."""
-  info = _read_json(os.path.join(workdir, 'interpreter', 'info.json')) or {}
-  folder = info.get('annotation_dir', '')
-  if not os.path.isdir(folder):
-    folder = config.data.annotation_dir or os.path.join(workdir, 'annotate')
+  """-> (images [N, H, W, 3], masks [N, H, W] at the image size) of up to EXAMPLE_COUNT
+  annotated images the labeler read (those of the first one's size), or None when there
+  are none."""
+  folder = annotated.used_folder(config, workdir)
   if not os.path.isdir(folder):
     return None
-  fmt = annotations.detect_format(folder)
-  images, masks = [], []
-  for i in range(config.data.num_annotated):
-    image_path, mask_path = annotations.image_path(folder, i, fmt), annotations.mask_path(
-        folder, i, fmt)
-    if not (os.path.isfile(image_path) and os.path.isfile(mask_path)):
-      break
-    with Image.open(image_path) as picture:
-      image = np.asarray(picture.convert('RGB'))
-    if images and image.shape != images[0].shape:
-      break
-    images.append(image)
-    masks.append(annotations.resize_nearest(annotations.read_mask(mask_path), *image.shape[:2]))
-  if not images:
+  try:
+    images, masks, _ = annotated.read_pairs(folder, config.data.num_annotated,
+                                            config.data.num_classes,
+                                            config.data.min_segment_pixels,
+                                            limit=EXAMPLE_COUNT)
+  except InputError as e:
+    logging.warning('report: no annotated images shown (%s)', e)
     return None
-  return np.stack(images), np.stack(masks).astype(np.uint8)
+  same = [i for i, image in enumerate(images) if image.shape == images[0].shape]
+  return (np.stack([images[i] for i in same]),
+          np.stack([masks[i] for i in same]).astype(np.uint8))
 
 
 def _pairs_grid(pairs: list, palette: np.ndarray) -> np.ndarray:
   return train_lib.preview_batch(np.stack([p[0] for p in pairs]),
                                  np.stack([p[1] for p in pairs]), palette)
-
-
-def _write_text(path: str, text: str) -> None:
-  tmp = path + '.partial'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def _md_cell(cell) -> str:

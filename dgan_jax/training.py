@@ -1,8 +1,10 @@
-"""Pieces shared by the training loops (interpreter ensemble, BigDatasetGAN head)."""
+"""The training loop the labelers share (the MLP ensemble, BigDatasetGAN's head), and its
+pieces: the orbax checkpoint manager, quiet logging."""
 
 import contextlib
 import os
 import time
+from typing import Callable
 
 import jax
 import numpy as np
@@ -38,14 +40,60 @@ def open_checkpoints(checkpoint_dir: str, save_every: int, state, shardings, nam
   return manager, state
 
 
-def finish_run(state, step: int, bar, manager, history: dict, run_start: float | None,
-               run_count: int) -> tuple[dict, float]:
-  """Ends a training run: waits for the device, closes the progress bar, saves the final
-  step if the manager has not, closes the manager.
+def run(state, checkpoint_dir: str | None, checkpoint_every: int, shardings,
+        total_steps: int, step_fn: Callable, *, desc: str, rate_name: str, log_every: int,
+        metric_names: tuple[str, ...], postfix: Callable[[dict], dict], progress: bool = True,
+        keep_going: Callable[[], bool] = lambda: True) -> tuple[dict, float]:
+  """The training loop both labelers share: resume, step, checkpoint, log, finish.
 
-  Returns (state on the host with `history` as arrays, items per second since the first
-  step's result).
+  state: the initial training state (with an int 'step'), placed with `shardings`; it is
+  replaced by the newest orbax checkpoint in checkpoint_dir when there is one.
+  step_fn(state, step) -> (state, metrics, items): one training step from `step`;
+  metrics stay on the device except on logged steps (every log_every-th, the last, and
+  the one after which keep_going() turns false); items count toward the rate.
+  Returns (state on the host with 'history': per logged step its number and each of
+  metric_names, items per second over the steps after the first (compiling) one).
   """
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  with quiet_orbax_logging():
+    manager, state = open_checkpoints(checkpoint_dir, checkpoint_every, state, shardings,
+                                      desc)
+    step = int(state['step'])
+    first_step = step
+    history = {'step': [], **{name: [] for name in metric_names}}
+    bar = tqdm(total=total_steps, initial=step, desc=desc, unit='step', disable=not progress,
+               dynamic_ncols=True)
+    window_start, window_items = time.perf_counter(), 0
+    run_start, run_items = None, 0
+    while step < total_steps and keep_going():
+      state, metrics, items = step_fn(state, step)
+      step += 1
+      window_items += items
+      if step == first_step + 1:
+        jax.block_until_ready(metrics)
+        run_start = time.perf_counter()
+      else:
+        run_items += items
+      if manager is not None:
+        manager.save(step, args=ocp.args.StandardSave(state))
+      if step % log_every == 0 or step == total_steps or not keep_going():
+        metrics = jax.device_get(metrics)
+        now = time.perf_counter()
+        history['step'].append(step)
+        for name in metric_names:
+          history[name].append(metrics[name])
+        bar.set_postfix(**postfix(metrics),
+                        **{rate_name: f'{window_items / (now - window_start):,.2f}'})
+        bar.update(step - bar.n)
+        window_start, window_items = now, 0
+    return finish_run(state, step, bar, manager, history, run_start, run_items)
+
+
+def finish_run(state, step: int, bar, manager, history: dict, run_start: float | None,
+            run_count: int) -> tuple[dict, float]:
+  """Waits for the device, closes the progress bar, saves the final step if the manager
+  has not, closes the manager; -> (state on the host with `history` as arrays, items per
+  second since the first step's result)."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   jax.block_until_ready(state)
   run_seconds = time.perf_counter() - run_start if run_start is not None else 0.0

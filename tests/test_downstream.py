@@ -260,6 +260,7 @@ _DEVICES_SCRIPT = textwrap.dedent('''
     import json, sys
     import jax, numpy as np
     sys.path.insert(0, {repo!r})
+    from dgan_jax import parallel
     from dgan_jax.downstream import deeplab, evaluate, train
     arch = deeplab.DeepLabArch(num_classes=3, stage_sizes=(1, 1, 1), width=8,
                                aspp_rates=(1, 2, 3), aspp_channels=16)
@@ -270,7 +271,7 @@ _DEVICES_SCRIPT = textwrap.dedent('''
     labels[0, :4] = 255
     out = {{}}
     for name, devices in (('one', jax.devices()[:1]), ('four', jax.devices())):
-      mesh = train.make_mesh(devices)
+      mesh = parallel.make_mesh(devices)
       sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
       state = jax.device_put(train.init_state(arch, options, 0), sharding)
       step = train.make_train_step(deeplab.DeepLabV3(arch), options, 0)

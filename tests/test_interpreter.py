@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from conftest import REPO
 from dgan_jax import features
 from dgan_jax import interpreter
+from dgan_jax import parallel as parallel_lib
 
 
 def torch_member(arch, params, stats, m):
@@ -100,7 +101,7 @@ def test_training_steps_match_the_original_loop():
   data, full = small_problem()
   arch = interpreter.InterpreterArch(data.layout.dim, 3, num_members=2)
   options = interpreter.TrainOptions(batch_size=16, num_steps=3)
-  mesh = interpreter.make_mesh(jax.devices()[:1])
+  mesh = parallel_lib.make_mesh(jax.devices()[:1])
   steps_per_epoch = data.num_pixels // 16
   step = interpreter._make_train_step(arch, options, data.layout, mesh, 'members',
                                       steps_per_epoch, freeze_stopped=False)
@@ -209,6 +210,7 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent('''
     sys.path.insert(0, 'tests')
     from test_interpreter import small_problem
     from dgan_jax import interpreter
+from dgan_jax import parallel as parallel_lib
     assert jax.device_count() == 4
     data, _ = small_problem(num_images=3)
     arch = interpreter.InterpreterArch(data.layout.dim, 3, num_members=4)
@@ -217,7 +219,7 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent('''
       options = interpreter.TrainOptions(batch_size=16, num_steps=20, log_every=1,
                                          parallel=parallel)
       one = interpreter.train(data, arch, options, 0, progress=False,
-                              mesh=interpreter.make_mesh(jax.devices()[:1]))
+                              mesh=parallel_lib.make_mesh(jax.devices()[:1]))
       four = interpreter.train(data, arch, options, 0, progress=False)
       out[parallel] = {
           'loss_diff': float(np.abs(one['history']['loss'] - four['history']['loss']).max()),

@@ -1,2 +1,3 @@
-"""BigDatasetGAN: BigGAN as a labelled-data generator (head.py, layout.py, train.py,
-factory.py, stages.py)."""
+"""BigDatasetGAN's own pieces: the segmentation head (head.py; trained, and wrapped as
+the pipeline's 'conv_head' labeler, by train.py) and the release's data layout
+(layout.py)."""

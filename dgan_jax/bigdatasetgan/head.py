@@ -52,7 +52,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dgan_jax import factory as factory_lib
+from dgan_jax import features as features_lib
+from dgan_jax import uncertainty
 from dgan_jax.generators import checkpoint as checkpoint_lib
 
 Params = dict[str, Any]
@@ -70,10 +71,12 @@ class HeadArch:
   """The head's shape. Defaults are BigDatasetGAN's for BigGAN-512."""
   feature_resolutions: tuple[int, ...]   # r_l of each (square) generator map, in order
   feature_channels: tuple[int, ...]      # C_l of each map
-  cond_dim: int                          # width of the class embedding (shared_dim)
+  cond_dim: int                          # width of the class embedding (shared_dim); 0:
+                                         # none (unconditional generators)
   group_sizes: tuple[int, ...] = (32, 128, 512)
   group_channels: tuple[int, ...] = (128, 64, 32)
-  num_outputs: int = 1                   # 1: one foreground logit (binary cross-entropy)
+  num_outputs: int = 1                   # 1: one foreground logit (binary cross-entropy);
+                                         # C > 1: C class logits (softmax cross-entropy)
   num_members: int = 1
 
   def __post_init__(self):
@@ -130,10 +133,12 @@ class HeadArch:
                                           self.group_channels[g])
 
     def ccbn(prefix, c):
-      for part in ('gain', 'bias'):
-        shapes[f'params/{prefix}/{part}/weight'] = (self.cond_dim, c)
+      for part in ('gain', 'bias'):   # (this order fixes `init`'s random draws)
+        if self.cond_dim:
+          shapes[f'params/{prefix}/{part}/weight'] = (self.cond_dim, c)
         shapes[f'params/{prefix}/{part}/bias'] = (c,)
-        shapes[f'sn/{prefix}/{part}'] = (c,)
+        if self.cond_dim:
+          shapes[f'sn/{prefix}/{part}'] = (c,)
       shapes[f'batch_stats/{prefix}/mean'] = (c,)
       shapes[f'batch_stats/{prefix}/var'] = (c,)
 
@@ -174,9 +179,9 @@ def resize_bilinear(x: jax.Array, height: int, width: int) -> jax.Array:
   (torch.nn.functional.interpolate(mode='bilinear', align_corners=False))."""
   b, h, w, c = x.shape
   if w != width:
-    x = factory_lib.resize_columns(x.reshape(b * h, w, c), width).reshape(b, h, width, c)
+    x = features_lib.resize_columns(x.reshape(b * h, w, c), width).reshape(b, h, width, c)
   if h != height:
-    x = factory_lib.resize_columns(x.reshape(b, h, width * c), height)
+    x = features_lib.resize_columns(x.reshape(b, h, width * c), height)
     x = x.reshape(b, height, width, c)
   return x
 
@@ -220,8 +225,13 @@ def _sn_conv(p: Params, u: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Arra
   return y + p['bias'], u_new
 
 
-def _ccbn(p: Params, u: Params, stats: Params, x: jax.Array, cond: jax.Array, train: bool):
-  """Class-conditional batch norm -> (y, new u, new stats)."""
+def _ccbn(p: Params, u: Params, stats: Params, x: jax.Array, cond: jax.Array | None,
+          train: bool):
+  """Class-conditional batch norm -> (y, new u or None, new stats). Without a class
+  (cond None: the head has cond_dim 0) the gain and bias are learned constants."""
+  if cond is None:
+    normed, new_stats = _batch_norm(x, stats, train, CCBN_EPS)
+    return normed * (1 + p['gain']['bias']) + p['bias']['bias'], None, new_stats
   gain_w, u_gain = spectral_normalize(p['gain']['weight'], u['gain'])
   bias_w, u_bias = spectral_normalize(p['bias']['weight'], u['bias'])
   gain = 1 + cond @ gain_w + p['gain']['bias']
@@ -231,13 +241,14 @@ def _ccbn(p: Params, u: Params, stats: Params, x: jax.Array, cond: jax.Array, tr
           {'gain': u_gain, 'bias': u_bias}, new_stats)
 
 
-def _mix_block(p: Params, u: Params, stats: Params, x: jax.Array, cond: jax.Array,
+def _mix_block(p: Params, u: Params, stats: Params, x: jax.Array, cond: jax.Array | None,
                train: bool):
-  h, u_bn1, s_bn1 = _ccbn(p['bn1'], u['bn1'], stats['bn1'], x, cond, train)
+  h, u_bn1, s_bn1 = _ccbn(p['bn1'], u.get('bn1'), stats['bn1'], x, cond, train)
   h, u_conv1 = _sn_conv(p['conv1'], u['conv1'], jax.nn.relu(h))
-  h, u_bn2, s_bn2 = _ccbn(p['bn2'], u['bn2'], stats['bn2'], h, cond, train)
+  h, u_bn2, s_bn2 = _ccbn(p['bn2'], u.get('bn2'), stats['bn2'], h, cond, train)
   h, u_conv2 = _sn_conv(p['conv2'], u['conv2'], jax.nn.relu(h))
-  return (x + h, {'bn1': u_bn1, 'conv1': u_conv1, 'bn2': u_bn2, 'conv2': u_conv2},
+  new_u = {'bn1': u_bn1, 'conv1': u_conv1, 'bn2': u_bn2, 'conv2': u_conv2}
+  return (x + h, {k: v for k, v in new_u.items() if v is not None},
           {'bn1': s_bn1, 'bn2': s_bn2})
 
 
@@ -263,12 +274,13 @@ def project_groups(arch: HeadArch, params: Params,
 def member_apply(arch: HeadArch, variables: Params, feature_maps: Sequence[jax.Array],
                  cond: jax.Array, train: bool = False) -> tuple[jax.Array, Params]:
   """One head. variables: {'params', 'sn', 'batch_stats'} of one member;
-  feature_maps: list of [B, r_l, r_l, C_l]; cond: class embedding [B, cond_dim].
+  feature_maps: list of [B, r_l, r_l, C_l]; cond: class embedding [B, cond_dim], or
+  None when arch.cond_dim is 0.
 
   Returns (logits [B, S, S, num_outputs] float32 with S = the last group size, new
   {'sn', 'batch_stats'}: updated in training, unchanged in evaluation)."""
   params, u_all, stats_all = variables['params'], variables['sn'], variables['batch_stats']
-  cond = cond.astype(jnp.float32)
+  cond = None if cond is None else cond.astype(jnp.float32)
   groups = project_groups(arch, params, feature_maps)
   x = groups[0]
   new_u, new_stats = {}, {}
@@ -320,6 +332,8 @@ def init(arch: HeadArch, seed: int | Sequence[int]) -> Params:
         value = np.zeros(shape) if leaf == 'mean' else np.ones(shape)
       elif name.startswith('params/out/bn/'):
         value = np.ones(shape) if leaf == 'scale' else np.zeros(shape)
+      elif name.rsplit('/', 1)[0] + '/weight' not in shapes:
+        value = np.zeros(shape)   # a bias without inputs (cond_dim 0): PyTorch's bound 0
       else:
         weight_shape = shapes[name.rsplit('/', 1)[0] + '/weight']
         bound = 1 / np.sqrt(np.prod(weight_shape[:-1]))
@@ -335,6 +349,40 @@ def binary_predictions(logits: jax.Array) -> jax.Array:
   [M, B, S, S, 2] (background 1 - p, foreground p = sigmoid(logit))."""
   p = jax.nn.sigmoid(logits[..., 0].astype(jnp.float32))
   return jnp.stack([1 - p, p], axis=-1)
+
+
+def label_and_score(logits: jax.Array, top_fraction: float):
+  """Member logits [M, B, H, W, O] -> (label [B, H, W] int32: the members' majority vote
+  (one output: logit > 0 is foreground; ties: the smallest class), pixel JS divergence of
+  the members' class probabilities [B, H, W], image score [B])."""
+  if logits.shape[-1] == 1:
+    member_labels = (logits[..., 0] > 0).astype(jnp.int32)
+    probs = binary_predictions(logits)
+  else:
+    member_labels = jnp.argmax(logits, axis=-1)
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  label = uncertainty.majority_vote(member_labels, probs.shape[-1]).astype(jnp.int32)
+  pixel_js = uncertainty.js_divergence(probs)
+  return label, pixel_js, uncertainty.image_scores(pixel_js, top_fraction)
+
+
+def grid_resampler(arch: HeadArch, layout: features_lib.FeatureLayout):
+  """Logits [M, B, S, S, O] at the head's output size S -> [M, B, H', W, O] on the
+  labelled grid (resized to layout.feature_size as the feature maps are, rows cropped);
+  the identity when the grid is the head's output."""
+  size = arch.output_size
+  grid = features_lib.FeatureLayout.create([(size, size)], [arch.num_outputs],
+                                           layout.feature_size, layout.crop_rows)
+  if grid.output_shape == (size, size):
+    return lambda logits: logits
+  table = grid.tables()[0]
+
+  def resample(logits):
+    m, b = logits.shape[:2]
+    flat = features_lib.keep_rows([logits.reshape((m * b,) + logits.shape[2:])], grid)[0]
+    return features_lib.upsample(flat, table).reshape((m, b) + grid.output_shape + (-1,))
+
+  return resample
 
 
 # ----------------------------------------------------------------------------------------

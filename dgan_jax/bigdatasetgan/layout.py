@@ -13,7 +13,6 @@ drawn on those images go to annotations/.
 """
 
 import dataclasses
-import functools
 import glob
 import os
 
@@ -21,32 +20,28 @@ import numpy as np
 from PIL import Image
 
 from dgan_jax.data import annotations as annotations_lib
+from dgan_jax.data import classes
+from dgan_jax.data.classes import class_folder
 from dgan_jax.data import images as image_utils
 from dgan_jax.errors import InputError
 
-IMAGENET_CLASSES = 1000
-
-
-@functools.lru_cache(maxsize=None)
-def imagenet_wnids() -> tuple[str, ...]:
-  """The 1000 ILSVRC-2012 wnids in class-id order (the sorted list TFDS ships)."""
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  path = tfds.core.tfds_path('datasets/imagenet2012/labels.txt')
-  wnids = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
-  if len(wnids) != IMAGENET_CLASSES:
-    raise RuntimeError(f'{path}: expected {IMAGENET_CLASSES} wnids, found {len(wnids)}')
-  return wnids
-
-
-def class_folder(class_id: int, num_classes: int) -> str:
-  """The wnid of an ImageNet class; `class{id:04d}` for generators of other class sets."""
-  if num_classes == IMAGENET_CLASSES:
-    return imagenet_wnids()[class_id]
-  return f'class{class_id:04d}'
-
-
 def sample_stem(class_id: int, number: int, num_classes: int) -> str:
   return f'{class_folder(class_id, num_classes)}_{class_id}_{number:04d}'
+
+
+def class_id_of(path: str) -> int:
+  """The class of a sample file: the stem's second-to-last '_' field (BigDatasetGAN
+  naming), else its folder (an ImageNet wnid, or class{id:04d}); InputError otherwise."""
+  stem = os.path.splitext(os.path.basename(path))[0]
+  fields = stem.split('_')
+  if len(fields) >= 3 and fields[-2].isdigit():
+    return int(fields[-2])
+  folder = os.path.basename(os.path.dirname(path))
+  class_id = classes.class_id_from_folder(folder, classes.IMAGENET_CLASSES)
+  if class_id is None:
+    raise InputError(f'{path}: no class: the file name must end in _<class id>_<number> or '
+                     'its folder be an ImageNet wnid or class<id>')
+  return class_id
 
 
 def class_id_from_stem(path: str, num_classes: int) -> int:
@@ -121,6 +116,12 @@ class Annotations:
       return np.asarray(image.convert('RGB'))
 
 
+def subset_name(g) -> str:
+  """The subset folder of generator g's samples: 'biggan512' for BigDatasetGAN's
+  BigGAN-512 (family and resolution)."""
+  return f'{g.family}{g.resolution}'
+
+
 def paths(root: str, subset: str, folder: str, stem: str) -> dict[str, str]:
   """The annotation, image and latent paths of one sample."""
   return {'annotation': os.path.join(root, 'annotations', subset, folder, stem + '.png'),
@@ -164,3 +165,45 @@ def write_sample(root: str, subset: str, class_id: int, number: int, num_classes
   image_utils.save_png(where['image'], image)
   np.save(where['latent'], np.asarray(z, np.float32).reshape(1, -1))
   return stem
+
+
+def read_pairs(root: str, limit: int | None = None):
+  """Every mask under <root>/annotations/*/*/ with its image (any subset; images/ with
+  the same path and a .png, .jpg or .jpeg extension) -> (images: list of uint8
+  [h, w, 3], masks: list of uint8 [h, w] at the image's size, 1 = foreground, class ids
+  [N] int32 (`class_id_of`), names '<subset>/<wnid>/<stem>'), sorted by subset, folder
+  and name (the first `limit` of them). InputError naming a mask without its image."""
+  mask_paths = sorted(glob.glob(os.path.join(glob.escape(root), 'annotations', '*', '*',
+                                             '*.png')))[:limit]
+  if not mask_paths:
+    raise InputError(f'{root}/annotations: no masks (<subset>/<wnid>/<stem>.png)')
+  images, masks, class_ids, names = [], [], [], []
+  for mask_path in mask_paths:
+    relative = os.path.relpath(os.path.splitext(mask_path)[0],
+                               os.path.join(root, 'annotations'))
+    candidates = [os.path.join(root, 'images', relative + ext)
+                  for ext in ('.png', '.jpg', '.jpeg', '.JPEG', '.JPG')]
+    image_path = next((p for p in candidates if os.path.isfile(p)), None)
+    if image_path is None:
+      raise InputError(f'{mask_path}: its image {candidates[0]} (or .jpg) is missing')
+    try:
+      with Image.open(image_path) as image:
+        picture = np.asarray(image.convert('RGB'))
+    except (OSError, SyntaxError) as e:
+      raise InputError(f'{image_path}: not a readable image ({e})') from None
+    images.append(picture)
+    masks.append(_read_mask_at(mask_path, picture.shape[:2]))
+    class_ids.append(class_id_of(mask_path))
+    names.append(relative)
+  return images, masks, np.asarray(class_ids, np.int32), names
+
+
+def _read_mask_at(path: str, shape: tuple[int, int]) -> np.ndarray:
+  """A mask PNG (any size and mode) -> [h, w] uint8, 1 where nonzero, resized (nearest)
+  to its image's shape."""
+  try:
+    with Image.open(path) as image:
+      grey = np.asarray(image.convert('L'))
+  except (OSError, SyntaxError, ValueError) as e:
+    raise InputError(f'{path}: not a readable image ({e})') from None
+  return (annotations_lib.resize_nearest(grey, *shape) != 0).astype(np.uint8)

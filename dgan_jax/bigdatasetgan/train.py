@@ -1,10 +1,11 @@
-"""Training the segmentation head ensemble on annotated BigGAN samples.
+"""Training the segmentation head ensemble on annotated samples, and the head as the
+pipeline's labeler 'conv_head'.
 
 As BigDatasetGAN's train.py: every step regenerates a batch of annotated samples from
-their latents and classes with the frozen generator (stored batch-norm statistics),
-runs the head in training mode (batch statistics, power-iteration updates) and takes an
-Adam step (PyTorch's defaults) on the mean binary cross-entropy between the foreground
-logit and the mask. Batches follow a fresh permutation of the annotated samples every
+what their folder stores (z and class for BigGAN) with the frozen generator, runs the
+head in training mode (batch statistics, power-iteration updates) and takes an Adam
+step (PyTorch's defaults) on the mean binary cross-entropy between the foreground
+logit and the mask (softmax cross-entropy with more than two classes). Batches follow a fresh permutation of the annotated samples every
 epoch (numpy.random.default_rng([seed, BATCH_STREAM, epoch])), cut into whole batches.
 
 An ensemble of M heads trains at once: the members see the same batches (the generator
@@ -18,21 +19,19 @@ the newest checkpoint with the same batches it would have seen.
 import concurrent.futures
 import dataclasses
 import functools
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from tqdm import tqdm
 
+from dgan_jax import io
+from dgan_jax import labelers
+from dgan_jax import parallel
 from dgan_jax import training
-from dgan_jax.bigdatasetgan import factory as factory_lib
 from dgan_jax.bigdatasetgan import head as head_lib
-from dgan_jax.bigdatasetgan import layout as layout_lib
 from dgan_jax.errors import InputError
-from dgan_jax.generators import biggan
 
 BATCH_STREAM = 12
 INIT_STREAM = 13
@@ -61,10 +60,6 @@ def batch_order(seed: int, epoch: int, num_samples: int, batch_size: int) -> np.
   return order[:steps * batch_size].reshape(steps, batch_size)
 
 
-def make_mesh(devices=None) -> Mesh:
-  return Mesh(np.asarray(devices if devices is not None else jax.local_devices()), ('data',))
-
-
 def init_state(arch: head_lib.HeadArch, options: TrainOptions, seed: int) -> dict:
   """{'params', 'sn', 'batch_stats', 'opt_state', 'step'}, members stacked."""
   variables = head_lib.init(arch, (seed, INIT_STREAM))
@@ -72,148 +67,126 @@ def init_state(arch: head_lib.HeadArch, options: TrainOptions, seed: int) -> dic
           'step': jnp.zeros((), jnp.int32)}
 
 
-def generator_features(gen_arch: biggan.BigGANArch, dtype, gen_params, z: jax.Array,
-                       class_ids: jax.Array):
-  """-> (image [B, R, R, 3], feature maps, class embedding [B, shared_dim]), frozen."""
-  vectors = jax.nn.one_hot(class_ids, gen_arch.num_classes, dtype=dtype)
-  embedding = biggan.embed_classes(gen_params, vectors)
-  image, maps = biggan.synthesis(gen_params, gen_arch, z.astype(dtype), embedding)
-  return jax.lax.stop_gradient((image, maps, embedding))
+def head_arch_for(g, head_config, num_classes: int = 2,
+                  num_members: int | None = None) -> head_lib.HeadArch:
+  """The head for generator g's feature maps (`g.feature_specs`, which must be square)
+  from config.biggan.head: one foreground logit for 2 classes, else one logit per
+  class. InputError naming the fields when they do not fit."""
+  specs = g.feature_specs
+  if any(s.height != s.width for s in specs):
+    raise InputError('the segmentation head reads square feature maps; the generator gives '
+                     + ', '.join(f'{s.name} {s.height}x{s.width}' for s in specs))
+  try:
+    return head_lib.HeadArch(
+        feature_resolutions=tuple(s.height for s in specs),
+        feature_channels=tuple(s.channels for s in specs), cond_dim=g.cond_dim,
+        group_sizes=tuple(head_config.group_sizes),
+        group_channels=tuple(head_config.group_channels),
+        num_outputs=1 if num_classes == 2 else num_classes,
+        num_members=num_members or head_config.num_members)
+  except (ValueError, TypeError) as e:
+    raise InputError(f'config.biggan.head: {e}') from None
 
 
-def make_train_step(g, arch: head_lib.HeadArch, options: TrainOptions):
-  """The compiled step (state, generator params, z [B, dim_z], class ids [B],
-  masks [B, S, S]) -> (state, {'loss': [M], 'accuracy': [M]}); one per architecture."""
-  return _train_step(g.arch, jnp.dtype(g.dtype).name, arch, options)
+def losses(logits: jax.Array, masks: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Logits [M, B, H, W, O] on the labelled grid, masks [B, H, W] -> per-member mean loss
+  and pixel accuracy [M]: binary cross-entropy of the foreground logit (O = 1), else
+  softmax cross-entropy over the O classes."""
+  if logits.shape[-1] == 1:
+    target = masks.astype(jnp.float32)[None]                   # [1, B, H, W]
+    logits = logits[..., 0]                                    # [M, B, H, W]
+    loss = optax.sigmoid_binary_cross_entropy(logits, target).mean(axis=(1, 2, 3))
+    accuracy = jnp.mean((logits > 0) == (target > 0.5), axis=(1, 2, 3))
+    return loss, accuracy
+  labels = jnp.broadcast_to(masks.astype(jnp.int32)[None], logits.shape[:-1])
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(axis=(1, 2, 3))
+  accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == labels, axis=(1, 2, 3))
+  return loss, accuracy
+
+
+def make_train_step(g, sampling, arch: head_lib.HeadArch, options: TrainOptions,
+                    layout=None):
+  """The compiled step (state, generator variables, inputs [B, ...] (`Sampling`), masks
+  [B, H', W] on the labelled grid) -> (state, {'loss': [M], 'accuracy': [M]}); one per
+  generator, architecture and grid (`layout`; None: the head's output grid)."""
+  return _train_step(g, sampling, arch, options, layout)
 
 
 @functools.lru_cache(maxsize=None)
-def _train_step(gen_arch, dtype_name: str, arch: head_lib.HeadArch, options: TrainOptions):
+def _train_step(g, sampling, arch: head_lib.HeadArch, options: TrainOptions, layout):
   tx = optax.adam(options.learning_rate)   # PyTorch's defaults: b1 0.9, b2 0.999, eps 1e-8
-  dtype = jnp.dtype(dtype_name)
+  to_grid = head_lib.grid_resampler(arch, layout) if layout is not None else lambda x: x
 
-  def step_fn(state, gen_params, z, class_ids, masks):
-    _, maps, embedding = generator_features(gen_arch, dtype, gen_params, z, class_ids)
-    target = masks.astype(jnp.float32)[None]                    # [1, B, S, S]
+  def step_fn(state, generator_variables, inputs, masks):
+    _, maps, cond = jax.lax.stop_gradient(g.apply(generator_variables, inputs, sampling))
 
     def loss_fn(params):
       variables = {'params': params, 'sn': state['sn'], 'batch_stats': state['batch_stats']}
-      logits, new = head_lib.apply(arch, variables, maps, embedding, train=True)
-      logits = logits[..., 0]                                   # [M, B, S, S]
-      losses = optax.sigmoid_binary_cross_entropy(logits, target).mean(axis=(1, 2, 3))
-      accuracy = jnp.mean((logits > 0) == (target > 0.5), axis=(1, 2, 3))
-      return losses.sum(), (losses, accuracy, new)
+      logits, new = head_lib.apply(arch, variables, maps, cond, train=True)
+      member_losses, accuracy = losses(to_grid(logits), masks)
+      return member_losses.sum(), (member_losses, accuracy, new)
 
-    grads, (losses, accuracy, new) = jax.grad(loss_fn, has_aux=True)(state['params'])
+    grads, (member_losses, accuracy, new) = jax.grad(loss_fn, has_aux=True)(state['params'])
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     new_state = {'params': optax.apply_updates(state['params'], updates), 'sn': new['sn'],
                  'batch_stats': new['batch_stats'], 'opt_state': opt_state,
                  'step': state['step'] + 1}
-    return new_state, {'loss': losses, 'accuracy': accuracy}
+    return new_state, {'loss': member_losses, 'accuracy': accuracy}
 
   return jax.jit(step_fn, donate_argnums=(0,))
 
 
-def make_predict(g, arch: head_lib.HeadArch):
-  """Compiled evaluation: (generator params, head variables, z [B, dim_z], class ids [B])
-  -> (image uint8 [B, R, R, 3], label [B, S, S] majority vote, pixel JS [B, S, S])."""
-  return _predict(g.arch, jnp.dtype(g.dtype).name, arch)
-
-
-@functools.lru_cache(maxsize=None)
-def _predict(gen_arch, dtype_name: str, arch: head_lib.HeadArch):
-  dtype = jnp.dtype(dtype_name)
-
-  @jax.jit
-  def predict(gen_params, variables, z, class_ids):
-    image, maps, embedding = generator_features(gen_arch, dtype, gen_params, z, class_ids)
-    logits, _ = head_lib.apply(arch, variables, maps, embedding, train=False)
-    label, pixel_js, _ = factory_lib.label_and_score(logits, 1.0)
-    return factory_lib.to_uint8(image), label, pixel_js
-
-  return predict
-
-
-def train(g, data: layout_lib.Annotations, arch: head_lib.HeadArch, options: TrainOptions,
-          seed: int, checkpoint_dir: str | None = None, mesh: Mesh | None = None,
+def train(g, sampling, data, arch: head_lib.HeadArch, options: TrainOptions, seed: int,
+          layout=None, checkpoint_dir: str | None = None, mesh: Mesh | None = None,
           progress: bool = True, stop_after: int | None = None) -> dict:
-  """Trains the ensemble for options.num_steps steps (resuming from `checkpoint_dir`).
+  """Trains the ensemble for options.num_steps steps (resuming from `checkpoint_dir`) on
+  the annotated set `data` (dgan_jax/data/annotated.py: inputs, masks on the grid).
 
   `stop_after` ends the run after that many steps in total, as an interruption would.
   Returns the final state on the host (see `init_state`) plus 'history' (step, per-member
   loss and accuracy every log_every-th step of this run) and 'images_per_second' (over
   this run's steps after the first, compiling, one).
   """
-  with training.quiet_orbax_logging():
-    return _train(g, data, arch, options, seed, checkpoint_dir, mesh, progress, stop_after)
-
-
-def _train(g, data, arch, options, seed, checkpoint_dir, mesh, progress, stop_after):
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  mesh = mesh or make_mesh()
+  mesh = mesh or parallel.make_mesh()
   batch_size = options.batch_size
   if batch_size % mesh.size:
     raise InputError(f'config.biggan.train.batch_size {batch_size} does not split over '
                      f'{mesh.size} devices')
   steps_per_epoch = len(data) // batch_size
   if steps_per_epoch == 0:
-    raise InputError(f'{len(data)} annotated samples in {data.root} do not fill one batch '
+    raise InputError(f'{len(data)} annotated samples in {data.folder} do not fill one batch '
                      f'of config.biggan.train.batch_size={batch_size}')
   total_steps = options.num_steps if stop_after is None else min(options.num_steps,
                                                                   stop_after)
   replicated = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, P('data'))
+  batch_sharding = NamedSharding(mesh, P(parallel.DATA_AXIS))
   state = jax.device_put(init_state(arch, options, seed), replicated)
-  gen_params = jax.device_put(g.params, replicated)
-
-  manager, state = training.open_checkpoints(
-      checkpoint_dir, options.checkpoint_every, state,
-      jax.tree.map(lambda _: replicated, state), 'segmentation head')
-
-  step_fn = make_train_step(g, arch, options)
-  size = arch.output_size
+  generator_variables = jax.device_put(g.variables(sampling), replicated)
+  step_fn = make_train_step(g, sampling, arch, options, layout)
 
   def host_batch(step):
     epoch, position = divmod(step, steps_per_epoch)
     ids = batch_order(seed, epoch, len(data), batch_size)[position]
-    return data.latents[ids], data.class_ids[ids], data.masks(ids, size)
+    return {k: v[ids] for k, v in data.inputs.items()}, data.masks(ids)
 
-  step = int(state['step'])
-  first_step = step
-  history = {'step': [], 'loss': [], 'accuracy': []}
-  bar = tqdm(total=total_steps, initial=step, desc='segmentation head', unit='step',
-             disable=not progress, dynamic_ncols=True)
-  window_start, window_images = time.perf_counter(), 0
-  run_start, run_images = None, 0
   with concurrent.futures.ThreadPoolExecutor(1) as pool:
-    pending = pool.submit(host_batch, step) if step < total_steps else None
-    while step < total_steps:
-      z, class_ids, masks = pending.result()
+    pending = {}
+
+    def one_step(state, step):
+      inputs, masks = (pending.pop(step, None) or pool.submit(host_batch, step)).result()
       if step + 1 < total_steps:
-        pending = pool.submit(host_batch, step + 1)   # masks load while the step runs
-      batch = jax.device_put((z, class_ids, masks), batch_sharding)
-      state, metrics = step_fn(state, gen_params, *batch)
-      step += 1
-      window_images += batch_size
-      if step == first_step + 1:
-        jax.block_until_ready(metrics)
-        run_start = time.perf_counter()
-      else:
-        run_images += batch_size
-      if manager is not None:
-        manager.save(step, args=ocp.args.StandardSave(state))
-      if step % options.log_every == 0 or step == total_steps:
-        metrics = jax.device_get(metrics)
-        now = time.perf_counter()
-        history['step'].append(step)
-        history['loss'].append(metrics['loss'])
-        history['accuracy'].append(metrics['accuracy'])
-        bar.set_postfix(loss=f'{metrics["loss"].mean():.4f}',
-                        acc=f'{100 * metrics["accuracy"].mean():.1f}%',
-                        img_s=f'{window_images / (now - window_start):.2f}')
-        bar.update(step - bar.n)
-        window_start, window_images = now, 0
-  state, rate = training.finish_run(state, step, bar, manager, history, run_start, run_images)
+        pending[step + 1] = pool.submit(host_batch, step + 1)  # read while the step runs
+      state, metrics = step_fn(state, generator_variables,
+                               *jax.device_put((inputs, masks), batch_sharding))
+      return state, metrics, batch_size
+
+    state, rate = training.run(
+        state, checkpoint_dir, options.checkpoint_every,
+        jax.tree.map(lambda _: replicated, state), total_steps, one_step,
+        desc='segmentation head', rate_name='img_s', log_every=options.log_every,
+        metric_names=('loss', 'accuracy'), progress=progress,
+        postfix=lambda m: {'loss': f'{m["loss"].mean():.4f}',
+                           'acc': f'{100 * m["accuracy"].mean():.1f}%'})
   state['images_per_second'] = rate
   return state
 
@@ -221,3 +194,66 @@ def _train(g, data, arch, options, seed, checkpoint_dir, mesh, progress, stop_af
 def variables_of(state: dict) -> dict:
   """The head's variables ({'params', 'sn', 'batch_stats'}) of a training state."""
   return {k: state[k] for k in ('params', 'sn', 'batch_stats')}
+
+
+# ----------------------------------------------------------------------------------------
+# The pipeline's labeler 'conv_head'.
+
+
+class Labeler(labelers.Labeler):
+  """BigDatasetGAN's segmentation head as the pipeline's labeler: trained on samples
+  regenerated every step (the generator frozen), labelling whole images at the head's
+  output size, resampled onto the labelled grid."""
+  name = 'conv_head'
+  folder = io.HEAD
+  meta_file = 'head.json'
+
+  def __init__(self, arch: head_lib.HeadArch, options: TrainOptions | None = None,
+               variables: dict | None = None):
+    self.arch = arch
+    self.options = options or TrainOptions()
+    self.variables = variables
+
+  @classmethod
+  def create(cls, config, g, layout) -> 'Labeler':
+    del layout   # the head reads the native maps; its logits are resampled to the grid
+    return cls(head_arch_for(g, config.biggan.head, config.data.num_classes),
+               TrainOptions.from_config(config.biggan.train))
+
+  @classmethod
+  def load(cls, directory: str) -> 'Labeler':
+    arch, variables, _ = head_lib.load(directory)
+    return cls(arch, variables=variables)
+
+  def save(self, directory: str, info: dict) -> None:
+    head_lib.save(directory, self.arch, self.variables, info)
+
+  def record(self) -> dict:
+    return {'arch': self.arch.to_json(), 'options': dataclasses.asdict(self.options)}
+
+  def check_layout(self, g, layout) -> None:
+    del layout
+    specs = g.feature_specs
+    if ((tuple(s.height for s in specs), tuple(s.channels for s in specs), g.cond_dim)
+        != (self.arch.feature_resolutions, self.arch.feature_channels, self.arch.cond_dim)):
+      raise InputError('the segmentation head was trained on other feature maps than the '
+                       'generator gives (retrain it: delete its folder)')
+
+  def train(self, g, sampling, data, layout, seed: int, checkpoint_dir: str) -> dict:
+    state = train(g, sampling, data, self.arch, self.options, seed, layout=layout,
+                  checkpoint_dir=checkpoint_dir)
+    self.variables = variables_of(state)
+    return {'steps': int(state['step']), 'history': state['history'],
+            'num_members': self.arch.num_members,
+            'images_per_second': round(float(state['images_per_second']), 3)}
+
+  def label_fn(self, layout, top_fraction: float, chunk_rows: int) -> labelers.LabelFn:
+    del chunk_rows   # the head labels whole images
+    arch = self.arch
+    to_grid = head_lib.grid_resampler(arch, layout)
+
+    def label(variables, feature_maps, cond):
+      logits, _ = head_lib.apply(arch, variables, feature_maps, cond, train=False)
+      return head_lib.label_and_score(to_grid(logits), top_fraction)
+
+    return label

@@ -1,9 +1,9 @@
 """Image conversion, colored masks and PNG grids."""
 
-import os
-
 import numpy as np
 from PIL import Image
+
+from dgan_jax import io
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -58,6 +58,14 @@ def enlarge(image: np.ndarray, min_height: int = 96) -> np.ndarray:
 
 def save_png(path: str, image: np.ndarray) -> None:
   """Writes atomically (temporary name, then rename)."""
-  tmp = f'{path}.tmp.png'
-  Image.fromarray(np.asarray(image, np.uint8)).save(tmp)
-  os.replace(tmp, path)
+  with io.atomic_file(path, 'wb') as f:
+    Image.fromarray(np.asarray(image, np.uint8)).save(f, format='PNG')
+
+
+def crop_rows(images: np.ndarray, data_config) -> np.ndarray:
+  """[B, H, W, ...] -> rows config.data.crop_rows (given at feature_size, scaled to H)."""
+  if not data_config.crop_rows:
+    return images
+  scale = images.shape[1] / (data_config.feature_size or (images.shape[1],))[0]
+  start, stop = (int(round(r * scale)) for r in data_config.crop_rows)
+  return images[:, start:stop]

@@ -21,6 +21,8 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from dgan_jax.bigdatasetgan import layout as layout_lib
+from dgan_jax.data import annotated
 from dgan_jax.data import annotations
 from dgan_jax.downstream import deeplab
 from dgan_jax.downstream.metrics import IGNORE_LABEL
@@ -98,17 +100,57 @@ def class_lookup(class_map: Sequence[int], num_classes: int) -> np.ndarray | Non
   return table
 
 
+def binary_lookup() -> np.ndarray:
+  """Every class but 0 (and the ignore label) -> 1: foreground vs background."""
+  table = np.ones(256, np.uint8)
+  table[0], table[IGNORE_LABEL] = 0, IGNORE_LABEL
+  return table
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelMap:
+  """How stored labels become the classes the segmenter predicts: through `lookup`
+  (a uint8 table over all label values: eval_class_map, foreground/background), or, with
+  `class_values`, every foreground pixel (label not 0, not ignored) takes the value of
+  its sample's class (a class-conditional generator's (K + 1)-way segmentation)."""
+  lookup: np.ndarray | None = None
+  class_values: dict | None = None      # class id -> label value
+
+  def __call__(self, label: np.ndarray, class_id=None) -> np.ndarray:
+    if self.lookup is not None:
+      label = self.lookup[label]
+    if self.class_values is not None:
+      if class_id is None or int(class_id) not in self.class_values:
+        raise InputError(f'class {class_id} is not among the classes of the run '
+                         f'{sorted(self.class_values)} (config.downstream.label_mode '
+                         "'class' needs every sample's class)")
+      foreground = (label != 0) & (label != IGNORE_LABEL)
+      label = np.where(foreground, self.class_values[int(class_id)], label).astype(np.uint8)
+    return label
+
+
+IDENTITY = LabelMap()
+
+
+def as_label_map(mapping) -> LabelMap:
+  """A LabelMap, a lookup table or None -> LabelMap."""
+  if isinstance(mapping, LabelMap):
+    return mapping
+  return LabelMap(lookup=mapping)
+
+
 class SyntheticSource:
   """The `generate` stage's TFDS dataset (split 'train'): (image uint8 [H, W, 3],
-  label [H, W] in the training classes, mapped through `lookup`)."""
+  label [H, W] in the training classes, mapped through `mapping`: a LabelMap or a lookup
+  table)."""
 
-  def __init__(self, data_dir: str, lookup: np.ndarray | None = None, split: str = 'train'):
+  def __init__(self, data_dir: str, mapping=None, split: str = 'train'):
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     if not os.path.isfile(os.path.join(data_dir, 'dataset_info.json')):
       raise InputError(f'{data_dir}: no synthetic dataset (run the generate stage first)')
     self.data_dir = data_dir
     self._source = tfds.builder_from_directory(data_dir).as_data_source(split)
-    self._lookup = lookup
+    self._map = as_label_map(mapping)
     self._lock = threading.Lock()   # Batches reads from several threads
 
   def __len__(self) -> int:
@@ -117,24 +159,22 @@ class SyntheticSource:
   def get(self, indices: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
     with self._lock:
       examples = self._source.__getitems__([int(i) for i in indices])
-    out = []
-    for example in examples:
-      label = example['label']
-      if self._lookup is not None:
-        label = self._lookup[label]
-      out.append((example['image'], label))
-    return out
+    return [(example['image'], self._map(example['label'], example.get('class_id')))
+            for example in examples]
 
 
 class ArraySource:
-  """Images and labels held in memory (annotated images, test sets)."""
+  """Images and labels held in memory (annotated images, test sets), labels mapped
+  through `mapping` (a LabelMap or a lookup table) with each image's class id."""
 
   def __init__(self, images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
-               lookup: np.ndarray | None = None):
+               mapping=None, class_ids: Sequence[int] | None = None):
     if len(images) != len(labels):
       raise ValueError(f'{len(images)} images but {len(labels)} labels')
+    mapping = as_label_map(mapping)
+    class_ids = [None] * len(labels) if class_ids is None else list(class_ids)
     self.images = list(images)
-    self.labels = [lookup[l] if lookup is not None else l for l in labels]
+    self.labels = [mapping(l, c) for l, c in zip(labels, class_ids)]
 
   def __len__(self) -> int:
     return len(self.images)
@@ -207,22 +247,21 @@ class LabeledImages:
   labels: np.ndarray
 
 
-def _read_image(path: str) -> np.ndarray:
-  try:
-    with Image.open(path) as image:
-      return np.asarray(image.convert('RGB'))
-  except (OSError, SyntaxError) as e:
-    raise InputError(f'{path}: not a readable image ({e})') from None
-
-
-def read_test_folder(folder: str, num_classes: int, resolution: int) -> LabeledImages:
+def read_test_folder(folder: str, num_classes: int, resolution: int,
+                     mapping: LabelMap = IDENTITY) -> LabeledImages:
   """DatasetGAN's test-set layout: images (.png/.jpg/...) and .npy masks in one folder,
   paired by their sorted order (plain string sort, as the original's `sort()`, which
   also fixes the folds). Mask ids must be < num_classes or IGNORE_LABEL; a [h, w, k]
-  mask uses channel 0. Each pair is resized to the square resolution grid."""
+  mask uses channel 0. Each pair is resized to the square resolution grid.
+
+  A folder with an annotations/ subfolder is in BigDatasetGAN's layout instead (images/
+  and annotations/<subset>/<wnid>/<stem>, foreground masks, the class from the name):
+  its labels go through `mapping` (foreground/background, or the sample's class)."""
   if not folder or not os.path.isdir(folder):
     raise InputError(f'config.evaluate.test_dir: {folder or "(empty)"} is not a directory '
                      '(a folder of test images and .npy masks with matching sorted names)')
+  if annotated.detect_format(folder) == annotated.LAYOUT:
+    return _read_test_layout(folder, num_classes, resolution, mapping)
   names = sorted(os.listdir(folder))
   image_names = [n for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
   mask_names = [n for n in names if n.endswith('.npy')]
@@ -247,34 +286,38 @@ def read_test_folder(folder: str, num_classes: int, resolution: int) -> LabeledI
     if bad.any():
       raise InputError(f'{mask_file}: class id {int(mask[bad][0])} outside 0..{num_classes - 1}'
                        f' (and not the ignore label {IGNORE_LABEL})')
-    image = _read_image(os.path.join(folder, image_name))
+    image = annotated.read_image(os.path.join(folder, image_name))
     images.append(resize_image(image, resolution, resolution))
     labels.append(resize_label(mask, resolution, resolution).astype(np.uint8))
   return LabeledImages([os.path.splitext(n)[0] for n in image_names], np.stack(images),
                        np.stack(labels))
 
 
+def _read_test_layout(folder: str, num_classes: int, resolution: int,
+                      mapping: LabelMap) -> LabeledImages:
+  images, masks, class_ids, names = layout_lib.read_pairs(folder)
+  labels = [mapping(mask, c) for mask, c in zip(masks, class_ids)]
+  for name, label in zip(names, labels):
+    if label.max(initial=0) >= num_classes and label.max() != IGNORE_LABEL:
+      raise InputError(f'{folder}/annotations/{name}.png: label {int(label.max())} outside '
+                       f'0..{num_classes - 1}')
+  return LabeledImages(names, np.stack([resize_image(i, resolution, resolution)
+                                        for i in images]),
+                       np.stack([resize_label(l, resolution, resolution) for l in labels]))
+
+
 def read_annotated(annotation_dir: str, count: int, num_classes: int,
-                   min_segment_pixels: int = annotations.MIN_SEGMENT_PIXELS) -> ArraySource:
-  """The first `count` annotated images and masks (DatasetGAN or plain layout, read with
-  dgan_jax.data.annotations: masks resized to their image, small segments cleaned)."""
-  if not annotation_dir or not os.path.isdir(annotation_dir):
-    raise InputError(f'config.data.annotation_dir: {annotation_dir or "(empty)"} is not a '
-                     'directory (the few-shot baseline trains on its annotated images)')
-  fmt = annotations.detect_format(annotation_dir)
-  images, labels = [], []
-  for i in range(count):
-    picture = annotations.image_path(annotation_dir, i, fmt)
-    if not os.path.isfile(picture):
-      raise InputError(f'{picture}: missing; the few-shot baseline needs the annotated '
-                       f'images 0..{count - 1} next to their masks')
-    image = _read_image(picture)
-    images.append(image)
-    labels.append(annotations.prepare_mask(annotations.mask_path(annotation_dir, i, fmt),
-                                           image.shape[:2], num_classes, min_segment_pixels))
-  return ArraySource(images, labels)
+                   min_segment_pixels: int = annotations.MIN_SEGMENT_PIXELS,
+                   mapping=None) -> ArraySource:
+  """The annotated images and masks (`annotated.read_pairs`: the first `count` of a
+  DatasetGAN or plain folder, masks resized to their image, small segments cleaned; or
+  every sample of BigDatasetGAN's layout), labels through `mapping`."""
+  images, masks, class_ids = annotated.read_pairs(annotation_dir, count, num_classes,
+                                                  min_segment_pixels)
+  return ArraySource(images, masks, mapping, class_ids)
 
 
-def apply_lookup(source: ArraySource, lookup: np.ndarray | None) -> ArraySource:
-  return source if lookup is None else ArraySource(source.images, source.labels, lookup)
+def apply_lookup(source: ArraySource, mapping) -> ArraySource:
+  """The source's examples with their labels (already mapped once) mapped again."""
+  return source if mapping is None else ArraySource(source.images, source.labels, mapping)
 

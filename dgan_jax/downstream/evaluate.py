@@ -14,6 +14,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
+from dgan_jax import parallel
 from dgan_jax.data import images as image_utils
 from dgan_jax.downstream import deeplab
 from dgan_jax.downstream import metrics
@@ -61,7 +62,7 @@ def score_epochs(arch: deeplab.DeepLabArch, run_dir: str, test, batch_size: int,
                  description: str = ''):
   """-> (epochs [E], intersections [E, N, C], unions [E, N, C]) of every epoch checkpoint
   in run_dir on the test images."""
-  mesh = mesh or train_lib.make_mesh(jax.local_devices())
+  mesh = mesh or parallel.make_mesh()
   epochs = train_lib.epoch_checkpoints(run_dir)
   if not epochs:
     raise FileNotFoundError(f'{run_dir}/epochs: no checkpoints')
@@ -83,7 +84,7 @@ def fold_previews(arch: deeplab.DeepLabArch, run_dir: str, test, folds: list[dic
                   mesh: Mesh | None = None, dtype: str = 'float32') -> list[np.ndarray]:
   """Per fold, a grid of (image | ground truth | prediction) for up to `count` of the
   images the fold's chosen checkpoint is scored on. Ignored pixels are black."""
-  mesh = mesh or train_lib.make_mesh(jax.local_devices())
+  mesh = mesh or parallel.make_mesh()
   predict = make_predict(deeplab.DeepLabV3(arch, train_lib.DTYPES[dtype]))
   replicated = NamedSharding(mesh, P())
   colors = np.concatenate([palette, np.zeros((256 - len(palette), 3), np.uint8)])

@@ -5,30 +5,36 @@ The runs share one network, one recipe and one evaluation (config.downstream.run
                         'train': the samples kept after uncertainty filtering)
   synthetic_unfiltered  the same samples without filtering (splits 'train' + 'dropped'),
                         with the synthetic run's steps per epoch
-  few_shot              trained on the num_annotated annotated images alone (DatasetGAN's
-                        Table 1 compares it with synthetic), same augmentation, epochs and
-                        steps per epoch
-  supervised            the toy domain's ceiling: config.toy.train_images rendered images
-                        with exact masks (trained by the `annotate` stage, which also uses
-                        it as the annotator; dgan_jax/toy/stages.py)
+  few_shot              trained on the annotated images alone (DatasetGAN's Table 1
+                        compares it with synthetic), same augmentation, epochs and steps
+                        per epoch
+  (the domain's own)    e.g. the toy domain's 'supervised' ceiling (dgan_jax/domains.py)
 
-With config.data.eval_class_map (ADE-Car-12) the training labels are mapped to the test
-classes before training, so both networks predict the test classes directly.
+Labels (config.downstream.label_mode): 'labels' as generated; with
+config.data.eval_class_map (ADE-Car-12) the training labels are mapped to the test
+classes before training, so both networks predict the test classes directly. 'binary':
+foreground vs background (BigDatasetGAN's benchmark). 'class': a class-conditional
+generator's (K + 1)-way segmentation, each foreground pixel labelled with its sample's
+class (k + 1 for the k-th class of the run, background 0).
 
   workdir/downstream/{run}/   see dgan_jax/downstream/train.py
   workdir/eval.json           the evaluation record (see `evaluate`)
   workdir/eval/               test_set.png, {run}_fold{k}.png, table.txt
 """
 
-import json
 import os
 import time
 
 import numpy as np
 from absl import logging
 
+from dgan_jax import domains
+from dgan_jax import generators
+from dgan_jax import io
 from dgan_jax import parallel
+from dgan_jax.data import annotated
 from dgan_jax.data import images as image_utils
+from dgan_jax.data import synthetic
 from dgan_jax.downstream import data as data_lib
 from dgan_jax.downstream import deeplab
 from dgan_jax.downstream import evaluate as evaluate_lib
@@ -36,14 +42,39 @@ from dgan_jax.downstream import metrics
 from dgan_jax.downstream import train as train_lib
 from dgan_jax.errors import InputError
 
-RUNS = ('synthetic', 'synthetic_unfiltered', 'few_shot', 'supervised')
-STAND_IN_FIRST_INDEX = 2 ** 31
+RUNS = ('synthetic', 'synthetic_unfiltered', 'few_shot')   # and the domain's extra runs
+LABEL_MODES = ('labels', 'binary', 'class')
 
 
-def class_setup(config) -> tuple[tuple[str, ...], np.ndarray | None, np.ndarray]:
+def run_classes(workdir: str) -> list[tuple[int, str]]:
+  """(class id, name) of a class-conditional generator's samples, as the generate stage
+  recorded them in workdir/dataset/generation.json."""
+  path = os.path.join(workdir, io.DATASET, 'generation.json')
+  record = io.read_json(path)
+  if not record or not record.get('classes'):
+    raise InputError(f"config.downstream.label_mode 'class' takes the run's classes from "
+                     f'{path}, which a class-conditional generator\'s generate stage writes; '
+                     'there are none (run generate first, or use label_mode binary)')
+  return [(int(c['id']), c['name']) for c in record['classes']]
+
+
+def class_setup(config, workdir: str = '') -> tuple[tuple[str, ...], np.ndarray | None,
+                                                      np.ndarray]:
   """-> (names of the classes the networks predict, lookup table training id -> that
-  class or None, palette [C, 3])."""
-  data = config.data
+  class or None, palette [C, 3]). config.downstream.label_mode: 'labels' (as generated,
+  or mapped by config.data.eval_class_map), 'binary' (foreground / background), 'class'
+  (background and one class per class of a conditional generator's run)."""
+  data, mode = config.data, config.downstream.label_mode
+  if mode not in LABEL_MODES:
+    raise InputError(f'config.downstream.label_mode must be one of {list(LABEL_MODES)}, '
+                     f'got {mode!r}')
+  if mode == 'binary':
+    palette = data.palette if data.num_classes == 2 else ()
+    return ('background', 'foreground'), data_lib.binary_lookup(), image_utils.palette_array(
+        2, palette)
+  if mode == 'class':
+    names = ('background',) + tuple(name for _, name in run_classes(workdir))
+    return names, None, image_utils.palette_array(len(names))
   if data.eval_class_map:
     if len(data.eval_class_map) != data.num_classes:
       raise InputError(f'config.data.eval_class_map has {len(data.eval_class_map)} entries but '
@@ -58,6 +89,15 @@ def class_setup(config) -> tuple[tuple[str, ...], np.ndarray | None, np.ndarray]
   return names, None, image_utils.palette_array(len(names), data.palette)
 
 
+def label_map(config, workdir: str) -> data_lib.LabelMap:
+  """How the stored labels become the classes of `class_setup`."""
+  _, lookup, _ = class_setup(config, workdir)
+  if config.downstream.label_mode == 'class':
+    return data_lib.LabelMap(data_lib.binary_lookup(), {
+        c: k + 1 for k, (c, _) in enumerate(run_classes(workdir))})
+  return data_lib.LabelMap(lookup)
+
+
 def arch_from_config(config, num_classes: int) -> deeplab.DeepLabArch:
   d = config.downstream
   try:
@@ -69,54 +109,39 @@ def arch_from_config(config, num_classes: int) -> deeplab.DeepLabArch:
 
 
 def selected_runs(config) -> list[str]:
+  known = RUNS + tuple(domains.from_config(config).extra_runs())
   runs = [r.strip() for r in config.downstream.runs if r.strip()]
-  unknown = [r for r in runs if r not in RUNS]
+  unknown = [r for r in runs if r not in known]
   if unknown or not runs:
-    raise InputError(f'config.downstream.runs: {unknown or "(empty)"}; known: {list(RUNS)}')
+    raise InputError(f'config.downstream.runs: {unknown or "(empty)"}; known: {list(known)}')
   return runs
-
-
-def annotation_dir(config, workdir: str) -> str:
-  """The annotated images the interpreter learned from: config.data.annotation_dir, or
-  the folder the train_interpreter stage recorded in workdir/interpreter/info.json (the
-  stand-in masks of smoke runs live elsewhere), or workdir/annotate."""
-  if config.data.annotation_dir:
-    return config.data.annotation_dir
-  record = os.path.join(workdir, 'interpreter', 'info.json')
-  if os.path.isfile(record):
-    with open(record) as f:
-      recorded = json.load(f).get('annotation_dir')
-    if recorded:
-      return recorded
-  return os.path.join(workdir, 'annotate')
 
 
 def stand_in_test_dir(config, workdir: str, num_classes: int) -> str:
   """Smoke runs without real test images (config.evaluate.synthetic_test_images > 0 and
-  no test_dir): that many fresh generator samples (sample ids from STAND_IN_FIRST_INDEX
-  on, never in the synthetic dataset) labelled by brightness (dgan_jax/data/synthetic.py)
-  as the train_interpreter stage's stand-in annotations are, written once in the test
-  folder format to workdir/test_synthetic/."""
-  out = os.path.join(workdir, 'test_synthetic')
+  no test_dir): that many fresh generator samples (the sampling's 'test' purpose, never
+  in the synthetic dataset) labelled by brightness (dgan_jax/data/synthetic.py) as the
+  train_interpreter stage's stand-in annotations are, written once to
+  workdir/test_synthetic/ in the test folder format ({i:05d}.png + .npy; BigDatasetGAN's
+  layout for class-conditional generators)."""
+  out = os.path.join(workdir, io.TEST_SYNTHETIC)
   if os.path.isdir(out):
     return out
-  from dgan_jax import generators  # pylint: disable=import-outside-toplevel
-  from dgan_jax import latents  # pylint: disable=import-outside-toplevel
-  from dgan_jax import stages  # pylint: disable=import-outside-toplevel
-  from dgan_jax.data import synthetic  # pylint: disable=import-outside-toplevel
-  count = config.evaluate.synthetic_test_images
   g = generators.from_config(config.generator, config.seed)
-  z = np.asarray(latents.sample_z(config.seed, STAND_IN_FIRST_INDEX + np.arange(count),
-                                  g.arch.latent_size))
-  images = np.concatenate([stages.generate_images(g, config, z[i:i + 8])
-                           for i in range(0, count, 8)])
-  masks = synthetic.brightness_masks(images, num_classes)
-  with stages.atomic_dir(out) as tmp:
-    for i, (image, mask) in enumerate(zip(images, masks)):
-      image_utils.save_png(os.path.join(tmp, f'{i:05d}.png'), image)
-      np.save(os.path.join(tmp, f'{i:05d}.npy'), mask)
+  sampling = g.sampling(config)
+  images, inputs = g.draw_images(sampling, 'test', sampling.count('test', config),
+                                 progress=False)
+  images = image_utils.crop_rows(images, config.data)
+  with io.atomic_dir(out) as tmp:
+    if annotated.sample_format(g) == annotated.LAYOUT:
+      synthetic.write_layout_test_set(tmp, g, images, inputs)
+    else:
+      masks = synthetic.brightness_masks(images, num_classes)
+      for i, (image, mask) in enumerate(zip(images, masks)):
+        image_utils.save_png(os.path.join(tmp, f'{i:05d}.png'), image)
+        np.save(os.path.join(tmp, f'{i:05d}.npy'), mask)
   logging.info('evaluate: no config.evaluate.test_dir; %d brightness-labelled samples in %s '
-               'stand in for real test images', count, out)
+               'stand in for real test images', len(images), out)
   return out
 
 
@@ -136,8 +161,8 @@ def train_options(config, steps_per_epoch: int = 0) -> train_lib.TrainOptions:
       dtype=d.dtype, log_every=d.log_every, workers=d.workers)
 
 
-def _synthetic_source(workdir, lookup, split='train'):
-  return data_lib.SyntheticSource(os.path.join(workdir, 'dataset'), lookup, split)
+def _synthetic_source(workdir, mapping, split='train'):
+  return data_lib.SyntheticSource(os.path.join(workdir, io.DATASET), mapping, split)
 
 
 def _synthetic_steps(config, workdir: str, run: str) -> int:
@@ -146,49 +171,48 @@ def _synthetic_steps(config, workdir: str, run: str) -> int:
   d = config.downstream
   if d.steps_per_epoch:
     return d.steps_per_epoch
-  if not os.path.isdir(os.path.join(workdir, 'dataset')):
+  if not os.path.isdir(os.path.join(workdir, io.DATASET)):
     raise InputError(f'the {run} run takes the synthetic run\'s steps per epoch (config.'
                      'downstream.steps_per_epoch is 0) but there is no synthetic dataset in '
                      f'{workdir}/dataset: set config.downstream.steps_per_epoch')
   return len(_synthetic_source(workdir, None)) // d.batch_size
 
 
-def run_source(config, workdir: str, run: str, lookup):
-  """-> (examples source, steps per epoch, description) of one run."""
+def run_source(config, workdir: str, run: str, mapping):
+  """-> (examples source, steps per epoch, description) of one run; labels through
+  `mapping` (`label_map`)."""
   d = config.downstream
   if run in ('synthetic', 'synthetic_unfiltered'):
     split = 'train' if run == 'synthetic' else 'train+dropped'
-    source = _synthetic_source(workdir, lookup, split)
+    source = _synthetic_source(workdir, mapping, split)
     kind = '' if run == 'synthetic' else ', unfiltered'
     return source, _synthetic_steps(config, workdir, run), (
         f'synthetic dataset{kind}: {len(source)} images')
-  if run == 'supervised':
-    from dgan_jax.toy import stages as toy_stages  # pylint: disable=import-outside-toplevel
-    source = data_lib.apply_lookup(toy_stages.supervised_source(config, workdir), lookup)
-    steps = d.steps_per_epoch or len(source) // d.batch_size
-    return source, steps, f'{len(source)} rendered images with exact masks'
-  folder = annotation_dir(config, workdir)
-  source = data_lib.apply_lookup(
-      data_lib.read_annotated(folder, config.data.num_annotated, config.data.num_classes,
-                              config.data.min_segment_pixels), lookup)
+  extra_runs = domains.from_config(config).extra_runs()
+  if run in extra_runs:
+    source, steps, description = extra_runs[run](config, workdir)
+    source = data_lib.apply_lookup(source, mapping)
+    return source, steps or d.steps_per_epoch or len(source) // d.batch_size, description
+  folder = annotated.used_folder(config, workdir)
+  source = data_lib.read_annotated(folder, config.data.num_annotated, config.data.num_classes,
+                                   config.data.min_segment_pixels, mapping)
   steps = d.few_shot_steps_per_epoch or _synthetic_steps(config, workdir, run)
   return source, steps, f'{len(source)} annotated images ({folder})'
 
 
 def train_run(config, workdir: str, run: str) -> str:
   """Trains one run unless workdir/downstream/{run} is complete -> that folder."""
-  names, lookup, palette = class_setup(config)
+  names, _, palette = class_setup(config, workdir)
   if len(names) > 255:
     raise InputError(f'{len(names)} classes: the downstream pipeline keeps labels in uint8 '
                      '(at most 255 classes)')
   arch = arch_from_config(config, len(names))
-  run_dir = os.path.join(workdir, 'downstream', run)
+  run_dir = os.path.join(workdir, io.DOWNSTREAM, run)
   if train_lib.is_complete(run_dir):
-    with open(os.path.join(run_dir, 'train.json')) as f:
-      if json.load(f)['epochs'] == config.downstream.epochs:
-        logging.info('train_downstream: %s is complete, skipping', run_dir)
-        return run_dir
-  source, steps, description = run_source(config, workdir, run, lookup)
+    if io.read_json(os.path.join(run_dir, 'train.json'))['epochs'] == config.downstream.epochs:
+      logging.info('train_downstream: %s is complete, skipping', run_dir)
+      return run_dir
+  source, steps, description = run_source(config, workdir, run, label_map(config, workdir))
   start = time.time()
   record = train_lib.train(arch, source, train_options(config, steps), config.seed, run_dir,
                            palette=palette, description=description)
@@ -213,7 +237,7 @@ def evaluate(config, workdir: str) -> None:
   'miou_absent_as_zero_mean', 'folds': [...], 'class_iou': {name: {'mean', 'std',
   'folds'} or null}, 'all_images_miou_per_epoch'}}, 'seconds'}.
   """
-  out_json = os.path.join(workdir, 'eval.json')
+  out_json = os.path.join(workdir, io.EVAL_JSON)
   if os.path.exists(out_json):
     logging.info('evaluate: %s exists, skipping', out_json)
     return
@@ -221,31 +245,28 @@ def evaluate(config, workdir: str) -> None:
   if process_index != 0:
     return
   runs = selected_runs(config)
-  names, _, palette = class_setup(config)
+  names, _, palette = class_setup(config, workdir)
   arch = arch_from_config(config, len(names))
   ev, d = config.evaluate, config.downstream
   start = time.time()
-  test_dir = ev.test_dir
-  if not test_dir and config.toy.enabled:
-    from dgan_jax.toy import stages as toy_stages  # pylint: disable=import-outside-toplevel
-    test_dir = toy_stages.test_dir(config, workdir)
-  elif not test_dir and ev.synthetic_test_images:
+  test_dir = ev.test_dir or domains.from_config(config).test_dir(config, workdir)
+  stand_in = not test_dir and ev.synthetic_test_images > 0
+  if stand_in:
     test_dir = stand_in_test_dir(config, workdir, len(names))
-  test = data_lib.read_test_folder(test_dir, len(names), d.resolution)
+  test = data_lib.read_test_folder(test_dir, len(names), d.resolution,
+                                   label_map(config, workdir))
   metrics.fold_splits(len(test.names), ev.num_folds)  # enough images?
   for run in runs:
-    if not train_lib.is_complete(os.path.join(workdir, 'downstream', run)):
-      raise InputError(f'{os.path.join(workdir, "downstream", run)}: training is not complete '
-                       '(run the train_downstream stage first)')
-  from dgan_jax.stages import atomic_dir  # pylint: disable=import-outside-toplevel
+    if not train_lib.is_complete(os.path.join(workdir, io.DOWNSTREAM, run)):
+      raise InputError(f'{os.path.join(workdir, io.DOWNSTREAM, run)}: training is not '
+                       'complete (run the train_downstream stage first)')
   results = {}
-  with atomic_dir(os.path.join(workdir, 'eval')) as tmp:
+  with io.atomic_dir(os.path.join(workdir, io.EVAL)) as tmp:
     image_utils.save_png(os.path.join(tmp, 'test_set.png'), train_lib.preview_batch(
         test.images[:ev.preview_count], test.labels[:ev.preview_count], palette))
     for run in runs:
-      run_dir = os.path.join(workdir, 'downstream', run)
-      with open(os.path.join(run_dir, 'train.json')) as f:
-        trained = json.load(f)
+      run_dir = os.path.join(workdir, io.DOWNSTREAM, run)
+      trained = io.read_json(os.path.join(run_dir, 'train.json'))
       epochs, intersections, unions = evaluate_lib.score_epochs(
           arch, run_dir, test, ev.batch_size, dtype=d.dtype, description=run)
       cross = metrics.cross_validate(intersections, unions, ev.num_folds)
@@ -266,7 +287,7 @@ def evaluate(config, workdir: str) -> None:
   record = {
       'protocol': {
           'test_dir': os.path.abspath(test_dir), 'num_test_images': len(test.names),
-          'stand_in_test_images': not ev.test_dir and not config.toy.enabled,
+          'stand_in_test_images': bool(stand_in),
           'num_folds': ev.num_folds, 'fold_size': size,
           'description': (
               f'test images in sorted order cut into {ev.num_folds} folds of {size}; per '
@@ -280,9 +301,6 @@ def evaluate(config, workdir: str) -> None:
           'class_map': list(config.data.eval_class_map) or None},
       'classes': list(names), 'test_images': test.names, 'runs': results,
       'seconds': round(time.time() - start, 2)}
-  tmp_json = out_json + '.partial'
-  with open(tmp_json, 'w') as f:
-    json.dump(record, f, indent=2)
-  os.replace(tmp_json, out_json)
+  io.write_json(out_json, record)
   print(table)
   logging.info('evaluate: wrote %s', out_json)

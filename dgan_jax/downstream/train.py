@@ -26,9 +26,7 @@ A run directory holds:
 import dataclasses
 import json
 import os
-import shutil
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +36,8 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
+from dgan_jax import io
+from dgan_jax import parallel
 from dgan_jax import training
 from dgan_jax.data import images as image_utils
 from dgan_jax.downstream import data as data_lib
@@ -66,11 +66,6 @@ class TrainOptions:
 
   def augment(self) -> data_lib.Augment:
     return data_lib.Augment(self.resolution, self.flip, tuple(self.scale_range))
-
-
-def make_mesh(devices=None) -> Mesh:
-  """A 1-D mesh with axis 'data' over every process's devices."""
-  return Mesh(np.asarray(devices if devices is not None else jax.devices()), ('data',))
 
 
 def _optimizer(learning_rate: float) -> optax.GradientTransformation:
@@ -131,13 +126,6 @@ def make_train_step(model: deeplab.DeepLabV3, options: TrainOptions, seed: int):
   return jax.jit(step, donate_argnums=(0,))
 
 
-def _write_json(path: str, obj: Any) -> None:
-  tmp = path + '.partial'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
-
-
 def _managers(run_dir: str):
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   epochs = ocp.CheckpointManager(os.path.join(run_dir, 'epochs'),
@@ -165,7 +153,7 @@ def train(arch: deeplab.DeepLabArch, source, options: TrainOptions, seed: int, r
   unfinished (tests of resuming). Returns the train.json record, or None when stopped
   early.
   """
-  mesh = mesh or make_mesh()
+  mesh = mesh or parallel.make_mesh(scope='global')
   num_devices = mesh.size
   if options.batch_size % num_devices:
     raise InputError(f'config.downstream.batch_size {options.batch_size} does not split over '
@@ -178,23 +166,13 @@ def train(arch: deeplab.DeepLabArch, source, options: TrainOptions, seed: int, r
   # What the weights depend on (more epochs extend a run; logging and threads do not count).
   recipe = {k: v for k, v in dataclasses.asdict(options).items()
             if k not in ('epochs', 'log_every', 'workers')}
-  run = json.loads(json.dumps({'arch': arch.to_json(), 'options': recipe, 'seed': seed,
-                               'num_examples': len(source),
-                               'steps_per_epoch': steps_per_epoch}))
-  run_path = os.path.join(run_dir, 'run.json')
-  if os.path.exists(run_path):
-    with open(run_path) as f:
-      if json.load(f) != run:
-        logging.warning('downstream %s: the config or data changed since %s was written; '
-                        'starting over', description, run_path)
-        for name in ('epochs', 'state', 'history.json', 'train_batch.png', 'train.json'):
-          path = os.path.join(run_dir, name)
-          if os.path.isdir(path):
-            shutil.rmtree(path)
-          elif os.path.exists(path):
-            os.remove(path)
-  if jax.process_index() == 0:
-    _write_json(run_path, run)
+  run = {'arch': arch.to_json(), 'options': recipe, 'seed': seed,
+         'num_examples': len(source), 'steps_per_epoch': steps_per_epoch}
+  io.start_over_if_changed(
+      os.path.join(run_dir, 'run.json'), run,
+      [os.path.join(run_dir, name) for name in ('epochs', 'state', 'history.json',
+                                                'train_batch.png', 'train.json')],
+      f'downstream {description}', write=jax.process_index() == 0)
   batches = data_lib.Batches(source, options.batch_size, seed, options.augment(),
                              jax.process_index(), jax.process_count(), options.workers)
   model = deeplab.DeepLabV3(arch, DTYPES[options.dtype])
@@ -259,7 +237,7 @@ def train(arch: deeplab.DeepLabArch, source, options: TrainOptions, seed: int, r
                     'images_per_second': round(steps_per_epoch * options.batch_size / seconds,
                                                3)})
     if jax.process_index() == 0:
-      _write_json(os.path.join(run_dir, 'history.json'), history)
+      io.write_json(os.path.join(run_dir, 'history.json'), history)
     logging.info('downstream %s: epoch %d loss %.4f accuracy %.4f (%.1f s)', description,
                  epoch, mean_loss, mean_accuracy, seconds)
   bar.close()
@@ -274,7 +252,7 @@ def train(arch: deeplab.DeepLabArch, source, options: TrainOptions, seed: int, r
             'num_params': deeplab.count_params(state['params']),
             'options': dataclasses.asdict(options), 'seed': seed, 'history': history}
   if jax.process_index() == 0:
-    _write_json(os.path.join(run_dir, 'train.json'), record)
+    io.write_json(os.path.join(run_dir, 'train.json'), record)
   return record
 
 

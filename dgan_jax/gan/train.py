@@ -28,6 +28,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from dgan_jax import io
 from dgan_jax import training
 from dgan_jax.data import images as image_utils
 from dgan_jax.errors import InputError
@@ -82,9 +83,7 @@ def real_images(config, workdir: str) -> np.ndarray:
   # The real images come from a stream separate from the generator's draws.
   reals = TRAINING_DATA[config.data](config.seed + 1_000_003, config.num_reals,
                                      config.generator.resolution)
-  tmp = path + '.partial.npy'
-  np.save(tmp, reals)
-  os.replace(tmp, path)
+  io.save_npy(path, reals)
   return reals
 
 

@@ -28,13 +28,14 @@ The ops (conditional batch norm, self-attention, ...) are shared with BigGAN-dee
 
 import dataclasses
 import functools
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dgan_jax.generators import base
+from dgan_jax.generators import checkpoint
 from dgan_jax.generators.checkpoint import unflatten
 
 Params = dict[str, Any]
@@ -128,6 +129,14 @@ class BigGANArch:
   def feature_resolutions(self) -> list[int]:
     return [r for i, r in enumerate(self.block_resolutions)
             for _ in range(2 if self.has_attention(i) else 1)]
+
+  @property
+  def feature_names(self) -> list[str]:
+    """'block{i}' (the block's output), then 'attention{i}' where attention follows."""
+    names = []
+    for i in range(self.num_blocks):
+      names += [f'block{i}'] + ([f'attention{i}'] if self.has_attention(i) else [])
+    return names
 
   def to_json(self) -> dict:
     record = dataclasses.asdict(self)
@@ -346,15 +355,33 @@ def jitted(arch: BigGANArch):
   return embed_fn, synth_fn
 
 
-class ClassConditionalGenerator:
-  """What the BigGAN variants share: params + arch, input checks, class handling."""
+class ClassConditionalGenerator(base.Generator):
+  """What the BigGAN variants share: params + arch, input checks, class handling, the
+  per-class sampling of config.biggan, the class embedding as the conditioning."""
 
-  kind = ''
+  arch_class: type = None
+  # The family's functions: arch -> {name: shape}, (arch, key) -> params, (params,
+  # class vectors) -> class embedding.
+  param_shapes = None
+  init_params = None
+  embed_classes = None
 
   def __init__(self, arch, params: Params, dtype=jnp.float32):
     self.arch = arch
     self.dtype = jnp.dtype(dtype)
     self.params = jax.tree.map(lambda a: jnp.asarray(a, self.dtype), params)
+
+  @classmethod
+  def from_checkpoint(cls, arch_json, arrays, source, dtype):
+    arch = checkpoint.build_arch(cls.arch_class, arch_json, source)
+    checkpoint.check_names_and_shapes(arrays, cls.param_shapes(arch), source)
+    return cls(arch, unflatten(arrays), dtype=dtype)
+
+  @classmethod
+  def random(cls, arch_kwargs, seed, dtype):
+    """Random weights (`random_params`) from jax.random.key(seed)."""
+    arch = base.build_random_arch(cls.arch_class, arch_kwargs)
+    return cls(arch, cls.init_params(arch, jax.random.key(seed)), dtype=dtype)
 
   @property
   def resolution(self) -> int:
@@ -363,6 +390,36 @@ class ClassConditionalGenerator:
   @property
   def num_classes(self) -> int:
     return self.arch.num_classes
+
+  @property
+  def latent_size(self) -> int:
+    return self.dim_z
+
+  @property
+  def cond_dim(self) -> int:
+    return self.embedding_dim
+
+  @property
+  def feature_specs(self) -> tuple[base.FeatureSpec, ...]:
+    return tuple(base.FeatureSpec(name, r, r, c) for name, r, c in zip(
+        self.arch.feature_names, self.arch.feature_resolutions, self.arch.feature_channels))
+
+  def sampling(self, config) -> base.ClassSampling:
+    return base.ClassSampling.from_config(config, self.dim_z, self.num_classes)
+
+  def apply(self, variables, inputs, sampling):
+    """inputs 'z' [B, dim_z], 'class_id' [B] -> (image, every block's output (and the
+    attention's), the class embedding [B, embedding_dim])."""
+    del sampling
+    params = variables['params']
+    vectors = jax.nn.one_hot(inputs['class_id'], self.num_classes, dtype=self.dtype)
+    embedding = self.embed_classes(params, vectors)
+    image, features = self._synthesis(params, inputs['z'].astype(self.dtype), embedding)
+    return image, features, embedding
+
+  def _synthesis(self, params, z, embedding):
+    """The family's synthesis from z and the class embedding (eval mode)."""
+    raise NotImplementedError
 
   @property
   def feature_channels(self) -> list[int]:
@@ -387,11 +444,18 @@ class BigGANGenerator(ClassConditionalGenerator):
     image, feature_maps = g.synthesize(z, y)   # z [B, dim_z]; y ids [B] or [B, num_classes]
   """
 
-  kind = 'biggan'
+  family = 'biggan'
+  arch_class = BigGANArch
+  param_shapes = staticmethod(param_shapes)
+  init_params = staticmethod(init_params)
+  embed_classes = staticmethod(embed_classes)
 
   def __init__(self, arch: BigGANArch, params: Params, dtype=jnp.float32):
     super().__init__(arch, params, dtype)
     self._embed, self._synthesize = jitted(arch)
+
+  def _synthesis(self, params, z, embedding):
+    return synthesis(params, self.arch, z, embedding)
 
   @property
   def dim_z(self) -> int:
@@ -417,3 +481,6 @@ class BigGANGenerator(ClassConditionalGenerator):
 
   def __call__(self, z, y):
     return self.synthesize(z, y)
+
+
+Generator = BigGANGenerator

@@ -104,6 +104,11 @@ class BigGANDeepArch:
             for kind, i in self.modules]
 
   @property
+  def feature_names(self) -> list[str]:
+    """'block{i}' and 'attention' in the order they run."""
+    return ['attention' if kind == 'attention' else f'block{i}' for kind, i in self.modules]
+
+  @property
   def feature_resolutions(self) -> list[int]:
     resolutions = []
     for kind, i in self.modules:
@@ -257,11 +262,21 @@ class BigGANDeepGenerator(biggan.ClassConditionalGenerator):
   truncated normal (as the package's `truncated_noise_sample`) yourself.
   """
 
-  kind = 'biggan_deep'
+  family = 'biggan_deep'
+  arch_class = BigGANDeepArch
+  param_shapes = staticmethod(param_shapes)
+  init_params = staticmethod(init_params)
+  embed_classes = staticmethod(embed_classes)
 
   def __init__(self, arch: BigGANDeepArch, params: Params, dtype=jnp.float32):
     super().__init__(arch, params, dtype)
     self._embed, self._synthesize = jitted(arch)
+
+  def _synthesis(self, params, z, embedding):
+    """The pipeline samples at truncation 1 (the last stored statistics), z as
+    config.biggan.z_std * N(0, I)."""
+    index, weight = truncation_stats(1.0, self.arch.n_stats)
+    return synthesis(params, self.arch, z, embedding, jnp.asarray(index), jnp.asarray(weight))
 
   @property
   def dim_z(self) -> int:
@@ -288,3 +303,6 @@ class BigGANDeepGenerator(biggan.ClassConditionalGenerator):
 
   def __call__(self, z, y, truncation: float = 1.0):
     return self.synthesize(z, y, truncation)
+
+
+Generator = BigGANDeepGenerator

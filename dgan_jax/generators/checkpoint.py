@@ -7,13 +7,12 @@ inputs, [1, h, w, 1], layer order). It is read with allow_pickle=False: data onl
 
 import json
 import os
-import shutil
-import tempfile
 import zipfile
 from typing import Any
 
 import numpy as np
 
+from dgan_jax import io
 from dgan_jax.errors import InputError
 
 FORMAT = 'dgan_jax.generator'
@@ -62,6 +61,16 @@ def check_source_keys(missing: list[str], unexpected: list[str], source: str,
     raise CheckpointError(f'{source}: not a {what} of the expected layout; ' + '; '.join(parts))
 
 
+def build_arch(arch_class, arch_json: dict, source: str):
+  """generator.json's 'arch' record (minus its 'type') -> arch_class; CheckpointError
+  naming `source` when the record does not fit."""
+  fields = {k: v for k, v in arch_json.items() if k != 'type'}
+  try:
+    return arch_class(**fields)
+  except (TypeError, ValueError) as e:
+    raise CheckpointError(f'{source}: bad architecture record ({e})') from None
+
+
 def check_names_and_shapes(arrays: dict[str, np.ndarray], expected: dict[str, tuple],
                            source: str) -> None:
   """Raises CheckpointError listing missing, unexpected and misshapen entries."""
@@ -80,26 +89,14 @@ def save(directory: str, arch: dict, params: dict, extras: dict[str, np.ndarray]
          info: dict | None = None) -> None:
   """Writes the checkpoint to a temporary sibling directory, then renames it into place."""
   directory = os.path.abspath(directory)
-  parent = os.path.dirname(directory)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + '.tmp-', dir=parent)
-  try:
-    arrays = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
-    arrays.update({k: np.asarray(v, np.float32) for k, v in extras.items()})
+  os.makedirs(os.path.dirname(directory), exist_ok=True)
+  arrays = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
+  arrays.update({k: np.asarray(v, np.float32) for k, v in extras.items()})
+  with io.atomic_dir(directory) as tmp:
     np.savez(os.path.join(tmp, 'params.npz'), **arrays)
     with open(os.path.join(tmp, 'generator.json'), 'w') as f:
       json.dump({'format': FORMAT, 'format_version': FORMAT_VERSION, 'arch': arch,
                  **(info or {})}, f, indent=2)
-    if os.path.exists(directory):
-      old = directory + '.old'
-      os.rename(directory, old)
-      os.rename(tmp, directory)
-      shutil.rmtree(old)
-    else:
-      os.rename(tmp, directory)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
 
 
 def write_arrays_and_meta(directory: str, meta_name: str, arrays: dict[str, np.ndarray],
@@ -107,14 +104,9 @@ def write_arrays_and_meta(directory: str, meta_name: str, arrays: dict[str, np.n
   """`params.npz` then `meta_name` (JSON) into `directory`, each under a temporary name
   first; the JSON last, so a directory holding it holds complete arrays."""
   os.makedirs(directory, exist_ok=True)
-  params_path = os.path.join(directory, 'params.npz')
-  with open(params_path + '.partial', 'wb') as f:
-    np.savez(f, **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
-  os.replace(params_path + '.partial', params_path)
-  meta_path = os.path.join(directory, meta_name)
-  with open(meta_path + '.partial', 'w') as f:
-    json.dump(meta, f, indent=2)
-  os.replace(meta_path + '.partial', meta_path)
+  io.save_npz(os.path.join(directory, 'params.npz'),
+              **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
+  io.write_json(os.path.join(directory, meta_name), meta)
 
 
 def read_arrays_and_meta(directory: str, meta_name: str,

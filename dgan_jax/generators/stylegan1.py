@@ -23,6 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dgan_jax.errors import InputError
+from dgan_jax.generators import base
+from dgan_jax.generators import checkpoint
 from dgan_jax.generators.checkpoint import unflatten
 
 Params = dict[str, Any]
@@ -280,7 +283,7 @@ def _is_key_array(x) -> bool:
   return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
-class StyleGAN1Generator:
+class StyleGAN1Generator(base.Generator):
   """A StyleGAN (v1) network: params (pytree) + architecture; methods are jitted.
 
     g = dgan_jax.generators.load(path)
@@ -295,7 +298,7 @@ class StyleGAN1Generator:
     a list of num_ws arrays [B, h, w, 1] or [B, 1, h, w] (B may be 1), layer order.
   """
 
-  kind = 'stylegan1'
+  family = 'stylegan1'
 
   def __init__(self, arch: StyleGAN1Arch, params: Params, avg_latent=None,
                const_noise: Sequence[np.ndarray] | None = None, dtype=jnp.float32):
@@ -307,6 +310,30 @@ class StyleGAN1Generator:
         jnp.asarray(n, self.dtype) for n in const_noise]
     self._map, self._synthesize, self._synthesize_keys = jitted(arch)
 
+  @classmethod
+  def from_checkpoint(cls, arch_json, arrays, source, dtype) -> 'StyleGAN1Generator':
+    arch = checkpoint.build_arch(StyleGAN1Arch, arch_json, source)
+    params = {k: v for k, v in arrays.items()
+              if k != 'avg_latent' and not k.startswith('noise/')}
+    checkpoint.check_names_and_shapes(params, param_shapes(arch), source)
+    noise_names = [f'noise/{j}' for j in range(arch.num_ws)]
+    const_noise = None
+    if all(n in arrays for n in noise_names):
+      const_noise = [arrays[n] for n in noise_names]
+    return cls(arch, unflatten(params), avg_latent=arrays.get('avg_latent'),
+               const_noise=const_noise, dtype=dtype)
+
+  @classmethod
+  def random(cls, arch_kwargs, seed, dtype) -> 'StyleGAN1Generator':
+    """NVIDIA's initialisation (`init_params`), constant noise from RandomState(seed) and
+    the average W of 1024 mapped z."""
+    arch = base.build_random_arch(StyleGAN1Arch, arch_kwargs)
+    g = cls(arch, init_params(arch, jax.random.key(seed)),
+            const_noise=draw_const_noise(arch, seed), dtype=dtype)
+    z = np.random.RandomState(seed).standard_normal((1024, arch.latent_size))
+    g.avg_latent = jnp.mean(g.map(z)[:, 0], axis=0)
+    return g
+
   @property
   def resolution(self) -> int:
     return self.arch.resolution
@@ -316,8 +343,86 @@ class StyleGAN1Generator:
     return self.arch.num_ws
 
   @property
+  def latent_size(self) -> int:
+    return self.arch.latent_size
+
+  @property
   def feature_channels(self) -> list[int]:
     return self.arch.feature_channels
+
+  @property
+  def feature_specs(self) -> tuple[base.FeatureSpec, ...]:
+    """Per block: its output ('b{r}.out'), then its second conv's output ('b{r}.conv1';
+    'b4.conv' at 4x4), as `synthesis` returns them."""
+    specs = []
+    for r in self.arch.resolutions:
+      c = self.arch.channels(r)
+      specs += [base.FeatureSpec(f'b{r}.out', r, r, c),
+                base.FeatureSpec(f'b{r}.conv' if r == 4 else f'b{r}.conv1', r, r, c)]
+    return tuple(specs)
+
+  def files_for_annotators(self) -> dict[str, np.ndarray]:
+    if self.avg_latent is None:
+      return {}
+    return {'avg_latent.npy': np.asarray(self.avg_latent, np.float32)}
+
+  def set_avg_latent(self, path: str) -> None:
+    """Replaces the checkpoint's average W by a .npy file ([512] or [num_ws, 512])."""
+    try:
+      avg = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+      raise InputError(f'{path}: not a readable .npy array ({e})') from None
+    if avg.shape not in ((self.arch.dlatent_size,), (self.num_ws, self.arch.dlatent_size)):
+      raise InputError(f'{path}: average W must be [512] or [{self.num_ws}, 512], got '
+                       f'{avg.shape}')
+    self.avg_latent = jnp.asarray(avg, jnp.float32)
+
+  def sampling(self, config) -> base.StyleSampling:
+    sampling = base.StyleSampling.from_config(config, self.arch.latent_size, self.num_ws)
+    if self.avg_latent is None and sampling.truncation_psi != 1:
+      raise InputError('config.generator.truncation_psi: this checkpoint has no average W '
+                       'to truncate toward; convert it with --avg-latent, set '
+                       'config.generator.avg_latent, or set truncation_psi=1')
+    if sampling.noise == 'const' and self.const_noise is None:
+      raise InputError("config.generator.noise: this checkpoint stores no constant noise; "
+                       "use 'zero' or 'per_sample'")
+    return sampling
+
+  def variables(self, sampling: base.StyleSampling) -> dict:
+    avg = self.avg_latent
+    if avg is None:   # truncation_psi is 1: truncating toward zeros leaves w as it is
+      avg = jnp.zeros((self.arch.dlatent_size,), jnp.float32)
+    noise = None if sampling.noise == 'per_sample' else self.noise(sampling.noise, 1)
+    return {'params': self.params, 'avg_latent': avg, 'noise': noise}
+
+  def regenerate(self, inputs, sampling: base.StyleSampling):
+    """Through the public API: synthesize(truncate(map(z))) (or synthesize(w))."""
+    if 'w' in inputs:
+      w = inputs['w']
+    else:
+      avg = self.variables(sampling)['avg_latent']
+      w = self.truncate(self.map(inputs['z']), sampling.truncation_psi,
+                        sampling.truncation_cutoff, avg_latent=avg)
+    noise = sampling.noise
+    if noise == 'per_sample':
+      noise = sampling.noise_keys(jnp.asarray(inputs['index']))
+    return self.synthesize(w, noise=noise)
+
+  def apply(self, variables, inputs, sampling: base.StyleSampling):
+    """inputs 'z' [B, latent_size] (mapped and truncated) or 'w' [B, num_ws, 512], and
+    'index' [B] (per-sample noise) -> (image, the 2 maps per block, None)."""
+    params = variables['params']
+    if 'w' in inputs:
+      w = inputs['w']
+    else:
+      w = truncate(mapping(params, self.arch, inputs['z']), variables['avg_latent'],
+                   sampling.truncation_psi, sampling.truncation_cutoff)
+    if sampling.noise == 'per_sample':
+      noise = noise_from_keys(self.arch, sampling.noise_keys(inputs['index']), self.dtype)
+    else:
+      noise = variables['noise']
+    image, features = synthesis(params, self.arch, w.astype(self.dtype), noise)
+    return image, features, None
 
   def map(self, z: jax.Array) -> jax.Array:
     """z [B, 512] -> w [B, num_ws, 512] (float32)."""
@@ -387,3 +492,6 @@ class StyleGAN1Generator:
     if psi != 1:
       w = self.truncate(w, psi, cutoff)
     return self.synthesize(w, noise)
+
+
+Generator = StyleGAN1Generator

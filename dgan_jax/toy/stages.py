@@ -1,4 +1,4 @@
-"""The toy domain's `annotate` stage: rendered data and the annotator stand-in.
+"""The toy domain (dgan_jax/domains.py): rendered data and the annotator stand-in.
 
   workdir/toy/test/          config.toy.test_images rendered images with exact masks
                              ({i:05d}.png + {i:05d}.npy: the evaluate stage's test folder)
@@ -6,13 +6,13 @@
   workdir/downstream/supervised/   the segmenter trained on them (downstream/run.py)
   workdir/annotate/mask_{i}.png    its labels of the sample stage's images, written where
                              a person would put theirs
-  workdir/toy/colour_baseline.json a per-pixel colour classifier's test mIoU
+  workdir/toy/colour_baseline.json a per-pixel colour classifier's test mIoU (a baseline
+                             record: the report shows it as a row)
 
 Rendered data never overlaps the GAN's training images: each set draws from its own
 renderer seed.
 """
 
-import json
 import os
 
 import jax
@@ -20,10 +20,15 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from dgan_jax import domains
+from dgan_jax import io
+from dgan_jax import parallel
 from dgan_jax.data import annotations
+from dgan_jax.data import images as image_utils
 from dgan_jax.downstream import data as data_lib
 from dgan_jax.downstream import deeplab
 from dgan_jax.downstream import evaluate as evaluate_lib
+from dgan_jax.downstream import run as run_lib
 from dgan_jax.downstream import train as train_lib
 from dgan_jax.errors import InputError
 from dgan_jax.toy import render
@@ -34,23 +39,15 @@ TRAIN_SEED = 3_000_017
 COLOUR_SEED = 4_000_037
 
 
-def _check_enabled(config) -> None:
-  if not config.toy.enabled:
-    raise InputError('the supervised run and the rendered test set belong to the toy domain '
-                     '(config.toy.enabled is False)')
-
-
 def test_dir(config, workdir: str) -> str:
   """The rendered test folder, written on first use."""
-  _check_enabled(config)
-  out = os.path.join(workdir, 'toy', 'test')
+  out = os.path.join(workdir, io.TOY, 'test')
   if os.path.isdir(out):
     return out
-  from dgan_jax.stages import atomic_dir  # pylint: disable=import-outside-toplevel
   images, masks = render.render(TEST_SEED + config.seed, np.arange(config.toy.test_images),
                                 config.toy.resolution, progress='render test set')
   os.makedirs(os.path.dirname(out), exist_ok=True)
-  with atomic_dir(out) as tmp:
+  with io.atomic_dir(out) as tmp:
     for i, (image, mask) in enumerate(zip(images, masks)):
       Image.fromarray(image).save(os.path.join(tmp, f'{i:05d}.png'))
       np.save(os.path.join(tmp, f'{i:05d}.npy'), mask)
@@ -59,8 +56,7 @@ def test_dir(config, workdir: str) -> str:
 
 def supervised_source(config, workdir: str) -> data_lib.ArraySource:
   """config.toy.train_images rendered pairs, rendered once into workdir/toy/train.npz."""
-  _check_enabled(config)
-  path = os.path.join(workdir, 'toy', 'train.npz')
+  path = os.path.join(workdir, io.TOY, 'train.npz')
   if os.path.isfile(path):
     with np.load(path) as saved:
       images, masks = saved['images'], saved['masks']
@@ -69,19 +65,16 @@ def supervised_source(config, workdir: str) -> data_lib.ArraySource:
                                   np.arange(config.toy.train_images), config.toy.resolution,
                                   progress='render training pairs')
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + '.partial.npz'
-    np.savez(tmp, images=images, masks=masks)
-    os.replace(tmp, path)
+    io.save_npz(path, images=images, masks=masks)
   return data_lib.ArraySource(list(images), list(masks))
 
 
 def label_images(config, run_dir: str, images: np.ndarray) -> np.ndarray:
   """images uint8 [N, h, w, 3] -> masks uint8 [N, h, w] predicted by the last epoch of
   the segmenter in run_dir (at config.downstream.resolution, resized back)."""
-  from dgan_jax.downstream import run as run_lib  # pylint: disable=import-outside-toplevel
   names, _, _ = run_lib.class_setup(config)
   arch = run_lib.arch_from_config(config, len(names))
-  mesh = train_lib.make_mesh(jax.local_devices())
+  mesh = parallel.make_mesh()
   predict = evaluate_lib.make_predict(
       deeplab.DeepLabV3(arch, train_lib.DTYPES[config.downstream.dtype]))
   variables = jax.device_put(
@@ -100,10 +93,9 @@ def label_images(config, run_dir: str, images: np.ndarray) -> np.ndarray:
 def annotate(config, workdir: str) -> None:
   """The toy domain's annotation step (see the module docstring). Each part is skipped
   when its output exists, so an interrupted stage resumes."""
-  from dgan_jax.downstream import run as run_lib  # pylint: disable=import-outside-toplevel
   test_dir(config, workdir)
   run_dir = run_lib.train_run(config, workdir, 'supervised')
-  annotate_dir = os.path.join(workdir, 'annotate')
+  annotate_dir = os.path.join(workdir, io.ANNOTATE)
   count = config.data.num_annotated
   missing = [i for i in range(count)
              if not os.path.isfile(annotations.mask_path(annotate_dir, i, 'plain'))]
@@ -116,22 +108,43 @@ def annotate(config, workdir: str) -> None:
       with Image.open(path) as image:
         pictures.append(np.asarray(image.convert('RGB')))
     for i, mask in zip(missing, label_images(config, run_dir, np.stack(pictures))):
-      path = annotations.mask_path(annotate_dir, i, 'plain')
-      Image.fromarray(mask).save(path + '.partial.png')
-      os.replace(path + '.partial.png', path)
+      image_utils.save_png(annotations.mask_path(annotate_dir, i, 'plain'), mask)
     logging.info('annotate: the supervised segmenter labelled %d images in %s (an annotator '
                  'model standing in for a person)', len(missing), annotate_dir)
   _colour_baseline(config, workdir)
 
 
 def _colour_baseline(config, workdir: str) -> None:
-  path = os.path.join(workdir, 'toy', 'colour_baseline.json')
+  path = os.path.join(workdir, io.TOY, 'colour_baseline.json')
   if os.path.isfile(path) or not config.toy.colour_baseline_images:
     return
   from dgan_jax.toy import baselines  # pylint: disable=import-outside-toplevel
   count = config.toy.colour_baseline_images
   record = baselines.colour_baseline(COLOUR_SEED + config.seed, count, count // 4,
                                      config.toy.resolution)
-  with open(path + '.partial', 'w') as f:
-    json.dump(record, f, indent=2)
-  os.replace(path + '.partial', path)
+  io.write_json(path, record)
+
+
+def supervised_run(config, workdir: str):
+  """The downstream run 'supervised' (the ceiling, and the annotator stand-in):
+  -> (rendered pairs, steps per epoch (0: one pass), description)."""
+  source = supervised_source(config, workdir)
+  return source, 0, f'{len(source)} rendered images with exact masks'
+
+
+class Domain(domains.Domain):
+  """The toy domain's hooks (see dgan_jax/domains.py)."""
+
+  def annotate(self, config, workdir: str) -> None:
+    annotate(config, workdir)
+
+  def test_dir(self, config, workdir: str) -> str:
+    return test_dir(config, workdir)
+
+  def extra_runs(self) -> dict:
+    return {'supervised': supervised_run}
+
+  def report_notes(self, config) -> list[str]:
+    return [f'The {config.data.num_annotated} masks were made by an annotator model (the '
+            'fully supervised segmenter trained on rendered image-mask pairs), standing in '
+            'for a person.']
