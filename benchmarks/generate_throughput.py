@@ -12,9 +12,13 @@ random weights; features resized to 512x512 and cropped to rows 64:448 (384x512 
             to [5056, 512, 512], cropped, then each member's MLP on all 196,608 pixels,
             softmax, the JS divergence across members and the per-pixel mode.
 
+  --against REF  also this benchmark's own step as the commit REF had it (its dgan_jax
+            and this script from `git archive REF`), in the same run: the ratio shows
+            whether a change slowed the step.
+
 Each runs in its own process so its peak RSS is its own.
 
-  python benchmarks/generate_throughput.py [--images 3] [--skip-original]
+  python benchmarks/generate_throughput.py [--images 3] [--skip-original] [--against REF]
 """
 
 import argparse
@@ -45,17 +49,20 @@ def _car_generator():
 
 def run_ours(num_images: int) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
+  import ml_collections  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
+  from dgan_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   from dgan_jax import factory as factory_lib  # pylint: disable=import-outside-toplevel
   from dgan_jax import features as features_lib  # pylint: disable=import-outside-toplevel
   from dgan_jax import interpreter  # pylint: disable=import-outside-toplevel
   g = _car_generator()
-  layout = features_lib.FeatureLayout.create(
-      [(r, r) for r in g.arch.resolutions for _ in range(2)], g.feature_channels,
-      FEATURE_SIZE, CROP_ROWS)
+  data = ml_collections.ConfigDict({'feature_size': FEATURE_SIZE, 'crop_rows': CROP_ROWS})
+  layout = features_lib.layout_for(g, data)
   arch = interpreter.InterpreterArch(layout.dim, NUM_CLASSES, NUM_MEMBERS)
   params, stats = interpreter.init(arch, jax.random.key(1))
-  factory = factory_lib.Factory(g, params, stats, layout, seed=0, chunk_rows=32)
+  labeler = interpreter.Labeler(arch, variables={'params': params, 'batch_stats': stats})
+  factory = factory_lib.Factory(g, g.sampling(config_lib.base()), labeler, layout,
+                                chunk_rows=32)
   memory = factory.memory_analysis(batch_size=1)
   start = time.time()
   factory(np.arange(1))
@@ -117,12 +124,24 @@ def run_original(num_images: int) -> dict:
           'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
-def _in_subprocess(mode: str, num_images: int) -> dict:
-  result = subprocess.run([sys.executable, __file__, '--mode', mode, '--images',
-                           str(num_images)], capture_output=True, text=True, check=False)
+def _in_subprocess(mode: str, num_images: int, script: str = __file__) -> dict:
+  result = subprocess.run([sys.executable, script, '--mode', mode, '--images',
+                           str(num_images)], capture_output=True, text=True, check=False,
+                          cwd=os.path.dirname(os.path.dirname(script)))
   if result.returncode != 0:
-    raise RuntimeError(f'{mode} failed:\n{result.stderr[-3000:]}')
+    raise RuntimeError(f'{mode} ({script}) failed:\n{result.stderr[-3000:]}')
   return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _at_commit(ref: str, num_images: int) -> dict:
+  """This benchmark's own step as commit `ref` had it, run from `git archive ref`."""
+  import tempfile  # pylint: disable=import-outside-toplevel
+  with tempfile.TemporaryDirectory() as tree:
+    archive = subprocess.run(['git', '-C', REPO, 'archive', ref, 'dgan_jax', 'benchmarks'],
+                             capture_output=True, check=True).stdout
+    subprocess.run(['tar', '-x', '-C', tree], input=archive, check=True)
+    return _in_subprocess('ours', num_images,
+                          os.path.join(tree, 'benchmarks', 'generate_throughput.py'))
 
 
 def main():
@@ -130,6 +149,7 @@ def main():
   parser.add_argument('--mode', choices=['ours', 'original', 'both'], default='both')
   parser.add_argument('--images', type=int, default=3)
   parser.add_argument('--skip-original', action='store_true')
+  parser.add_argument('--against', help='a git commit whose step to time in the same run')
   args = parser.parse_args()
   if args.mode != 'both':
     fn = run_ours if args.mode == 'ours' else run_original
@@ -146,6 +166,12 @@ def main():
         f"peak RSS {ours['peak_rss_gb']:.2f} GB (whole process)")
   print(f"  compiled step memory per image (XLA): {ours['step_temp_gb']:.2f} GB temporaries, "
         f"{ours['step_total_gb']:.2f} GB with arguments and outputs")
+  if args.against:
+    before = _at_commit(args.against, args.images)
+    print(f"  the step at {args.against}: {before['seconds_per_image']:.2f} s/image, "
+          f"peak RSS {before['peak_rss_gb']:.2f} GB, XLA temporaries "
+          f"{before['step_temp_gb']:.2f} GB; now / then: "
+          f"{ours['seconds_per_image'] / before['seconds_per_image']:.3f}x time")
   if args.skip_original:
     return
   original = _in_subprocess('original', args.images)

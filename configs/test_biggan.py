@@ -1,5 +1,7 @@
-"""A tiny random-weight BigGAN (32 px, 16 channels per block, 1000 classes): the
-BigDatasetGAN stages (sample, train the segmentation heads, generate) in seconds, offline.
+"""A tiny random-weight BigGAN (32 px, 16 channels per block, 1000 classes): every stage
+with BigDatasetGAN's segmentation heads (sample, train the heads, generate, a small
+DeepLabV3 foreground/background, evaluation on stand-in samples, report) in about a
+minute, offline.
 
   python -m dgan_jax.main --config=configs/test_biggan.py --workdir=/tmp/dgan_test_biggan
 """
@@ -12,7 +14,6 @@ from dgan_jax import config as config_lib
 def get_config(arg=None):
   del arg
   config = config_lib.base()
-  config.stages = 'sample,train_interpreter,generate'
   config.generator.random_init.type = 'biggan'
   config.generator.random_init.arch = ml_collections.ConfigDict(
       {'resolution': 32,   # blocks at 8, 16 (+ attention), 32 px
@@ -39,4 +40,17 @@ def get_config(arg=None):
   config.generate.drop_fraction = 0.25
   config.generate.preview_count = 8
   config.generate.dataset_name = 'bigdatasetgan'
+  # The downstream stages as configs/test.py runs them: a 3-stage ResNet at 32 px.
+  config.downstream.label_mode = 'binary'
+  config.downstream.stage_sizes = (1, 1, 1)
+  config.downstream.width = 8
+  config.downstream.aspp_rates = (1, 2, 3)
+  config.downstream.aspp_channels = 16
+  config.downstream.resolution = 32
+  config.downstream.batch_size = 4
+  config.downstream.epochs = 2
+  config.downstream.steps_per_epoch = 2
+  config.downstream.few_shot_steps_per_epoch = 2
+  config.downstream.log_every = 1
+  config.evaluate.synthetic_test_images = 10   # no real test set: stand-in samples
   return config_lib.finalize(config)

@@ -377,3 +377,23 @@ def convert(src: str, dst: str, config_path: str | None = None, bn_eps: float | 
   info['summary'] = summary
   checkpoint.save(dst, arch.to_json(), checkpoint.unflatten(flat), {}, info)
   return info
+
+
+HELP = 'BigGAN: BigGAN-PyTorch .pth or pytorch-pretrained-biggan BigGAN-deep .bin'
+
+
+def add_arguments(parser) -> None:
+  parser.add_argument('src')
+  parser.add_argument('dst')
+  parser.add_argument('--config', help="BigGAN-deep only: the package's config.json (default: "
+                      'config.json in a directory SRC; else inferred, blocks 1, 3, ... '
+                      'upsample)')
+  parser.add_argument('--bn-eps', type=float, default=None,
+                      help='batch-norm epsilon (default 1e-4, or the config.json value)')
+  parser.add_argument('--sn-eps', type=float, default=1e-4,
+                      help='BigGAN-PyTorch SN_eps of the folded power iteration (default 1e-4)')
+
+
+def run(args) -> str:
+  info = convert(args.src, args.dst, args.config, args.bn_eps, args.sn_eps)
+  return f'wrote {args.dst} ({info["source_format"]}; {info["summary"]})'

@@ -115,3 +115,18 @@ def convert(src: str, dst: str) -> dict:
   interpreter.save(dst, arch, params, batch_stats, info)
   return {'members': arch.num_members, 'feature_dim': arch.feature_dim,
           'num_classes': arch.num_classes}
+
+
+HELP = "DatasetGAN's model_{i}.pth pixel classifiers -> one stacked ensemble"
+
+
+def add_arguments(parser) -> None:
+  parser.add_argument('src', help='folder with model_0.pth, model_1.pth, ... or a '
+                      'comma-separated list of .pth files')
+  parser.add_argument('dst')
+
+
+def run(args) -> str:
+  info = convert(args.src, args.dst)
+  return (f'wrote {args.dst} ({info["members"]} members, {info["feature_dim"]} features, '
+          f'{info["num_classes"]} classes)')

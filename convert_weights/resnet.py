@@ -164,3 +164,21 @@ def convert(src: str, dst: str, aspp_rates: tuple[int, ...] | None = None) -> di
     np.savez(os.path.join(tmp, 'params.npz'), **flat)
     io.write_json(os.path.join(tmp, 'resnet.json'), record)
   return record
+
+
+HELP = 'torchvision ResNet (DeepLab backbone) or DeepLabV3 state dict'
+
+
+def add_arguments(parser) -> None:
+  parser.add_argument('src')
+  parser.add_argument('dst')
+  parser.add_argument('--aspp-rates', help='DeepLabV3 only: comma-separated ASPP dilation '
+                      "rates (weights do not store them; default torchvision's 12,24,36)")
+
+
+def run(args) -> str:
+  rates = tuple(int(r) for r in args.aspp_rates.split(',')) if args.aspp_rates else None
+  info = convert(args.src, args.dst, rates)
+  arch = info['arch']
+  return (f'wrote {args.dst} ({info["contains"]}: stage_sizes {tuple(arch["stage_sizes"])}, '
+          f'width {arch["width"]}; dropped {len(info["dropped"])} keys)')

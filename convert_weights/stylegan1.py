@@ -239,3 +239,21 @@ def convert(src: str, dst: str, avg_latent_path: str | None = None, noise_seed: 
   info['avg_latent'] = 'none' if avg is None else str(tuple(avg.shape))
   checkpoint.save(dst, arch.to_json(), checkpoint.unflatten(flat), extras, info)
   return info
+
+
+HELP = 'StyleGAN (v1): DatasetGAN .pt or NVIDIA TF .pkl'
+
+
+def add_arguments(parser) -> None:
+  parser.add_argument('src')
+  parser.add_argument('dst')
+  parser.add_argument('--avg-latent', help='.npy average W, [512] or [num_ws, 512] '
+                      "(DatasetGAN's avg_latent_stylegan1.npy); TF pickles carry their own")
+  parser.add_argument('--noise-seed', type=int, default=0,
+                      help='seed of the constant noise stored when SRC has none (default 0)')
+
+
+def run(args) -> str:
+  info = convert(args.src, args.dst, args.avg_latent, args.noise_seed)
+  return (f'wrote {args.dst} ({info["source_format"]}; const noise {info["const_noise"]}; '
+          f'avg_latent {info["avg_latent"]})')

@@ -7,7 +7,10 @@ stages call these hooks and never ask which domain runs.
              an annotator model, a rendered test set, the fully supervised ceiling run and
              a per-pixel colour classifier (a baseline record for the report)
 
-A new domain subclasses `Domain` in its own module and adds its name here.
+A new domain subclasses `Domain` in its own module and adds its name here. A domain
+keeps its data in workdir/<its name>/; a `<name>_baseline.json` record there ({'miou',
+'class_iou', 'description', optional 'label', 'trained_on', 'num_train_images'}) is a
+row of the report's tables.
 """
 
 import importlib

@@ -27,7 +27,7 @@ TEST_SYNTHETIC = 'test_synthetic'      # evaluate: stand-in test images (smoke r
 EVAL = 'eval'                          # evaluate: previews and table
 EVAL_JSON = 'eval.json'
 REPORT = 'report'
-TOY = 'toy'                            # the toy domain's rendered data
+TOY = 'toy'                            # the toy domain's data (a domain's folder is its name)
 
 PARTIAL = '.partial'
 

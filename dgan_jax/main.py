@@ -11,6 +11,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from dgan_jax import config as config_lib
+from dgan_jax import parallel
 from dgan_jax import stages
 from dgan_jax.errors import InputError
 
@@ -32,6 +33,7 @@ def main(argv):
   workdir = flags.FLAGS.workdir
   os.makedirs(workdir, exist_ok=True)
   try:
+    parallel.initialize(config.distributed)   # before any stage touches a device
     for name in config_lib.selected_stages(config):
       stages.STAGE_FUNCTIONS[name](config, workdir)
   except InputError as e:

@@ -4,10 +4,10 @@
   workdir/report/                 the PNGs both files show (relative paths)
 
 Inputs: eval.json and eval/ (evaluate), the annotated samples and masks, the labeler's
-folder (its check.png), dataset/ (generate), and baseline records a domain left in the
-workdir (`<folder>/<name>_baseline.json`, e.g. the toy domain's per-pixel colour
-classifier); sections whose inputs are missing are left out, except eval.json, which is
-required.
+folder (its check.png and preview.png), dataset/ (generate), and baseline records a
+domain left in its folder (`<domain name>/<name>_baseline.json`, e.g. the toy domain's
+per-pixel colour classifier); sections whose inputs are missing are left out, except
+eval.json, which is required.
 """
 
 import glob
@@ -78,9 +78,12 @@ def report(config, workdir: str) -> None:
 
 
 def _baselines(workdir: str) -> list[tuple[str, dict]]:
-  """(label, record) of every baseline record in the workdir's folders."""
+  """(label, record) of every baseline record a domain left in its folder of the workdir
+  (workdir/<domain name>/<name>_baseline.json)."""
   out = []
-  for path in sorted(glob.glob(os.path.join(glob.escape(workdir), '*', '*_baseline.json'))):
+  paths = [p for name in domains.REGISTRY for p in sorted(
+      glob.glob(os.path.join(glob.escape(workdir), name, '*_baseline.json')))]
+  for path in paths:
     name = os.path.basename(path)[:-len('_baseline.json')]
     record = io.read_json(path)
     out.append((record.get('label') or BASELINE_LABELS.get(name, name), record))

@@ -19,6 +19,7 @@ from dgan_jax import generate as generate_lib
 from dgan_jax import generators
 from dgan_jax import io
 from dgan_jax import labelers
+from dgan_jax import parallel
 from dgan_jax.data import annotated
 from dgan_jax.data import images as image_utils
 from dgan_jax.downstream import run as downstream_run
@@ -180,6 +181,7 @@ def generate(config, workdir: str) -> None:
   """Labels the generate stage's samples with the trained labeler and keeps the most
   certain as a TFDS dataset in workdir/dataset/ (see dgan_jax/generate.py). Skipped when
   the dataset is complete for the same plan (seed, sampling settings, labeler weights)."""
+  parallel.initialize(config.distributed)   # before anything touches a device
   labeler_class = labelers.from_config(config)
   labeler_dir = os.path.join(workdir, labeler_class.folder)
   labeler = labeler_class.load(labeler_dir)

@@ -15,13 +15,16 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import conftest
+from dgan_jax import factory as factory_lib
+from dgan_jax import features
 from dgan_jax import generators
-from dgan_jax import uncertainty
-from dgan_jax.bigdatasetgan import factory as factory_lib
+from dgan_jax import io
 from dgan_jax.bigdatasetgan import head as head_lib
 from dgan_jax.bigdatasetgan import layout as layout_lib
 from dgan_jax.bigdatasetgan import train as train_lib
+from dgan_jax.data import annotated
 from dgan_jax.errors import InputError
+from dgan_jax.generators import base
 
 torch = pytest.importorskip('torch')
 nn = torch.nn
@@ -335,7 +338,8 @@ def test_training_steps_match_torch_adam_loop(tiny_g, test_config):
   """Three steps of the compiled ensemble step (generator features, training-mode head,
   BCE, Adam) against PyTorch's loop on the same features, one module per member."""
   g = tiny_g
-  arch = factory_lib.head_arch_for(g, test_config.biggan.head, num_members=2)
+  arch = train_lib.head_arch_for(g, test_config.biggan.head, num_members=2)
+  sampling = g.sampling(test_config)
   lr = 1e-3
   options = train_lib.TrainOptions(num_steps=3, batch_size=4, learning_rate=lr)
   state = train_lib.init_state(arch, options, seed=0)
@@ -344,10 +348,10 @@ def test_training_steps_match_torch_adam_loop(tiny_g, test_config):
   z = rng.standard_normal((4, g.dim_z)).astype(np.float32)
   class_ids = np.asarray([225, 200, 3, 999], np.int32)
   masks = (rng.uniform(size=(4, 32, 32)) > 0.6).astype(np.uint8)
-  step = train_lib.make_train_step(g, arch, options)
+  step = train_lib.make_train_step(g, sampling, arch, options)
   losses = []
   for _ in range(3):
-    state, metrics = step(state, g.params, z, class_ids, masks)
+    state, metrics = step(state, g.variables(sampling), {'z': z, 'class_id': class_ids}, masks)
     losses.append(np.asarray(metrics['loss']))
   final = jax.device_get(train_lib.variables_of(state))
 
@@ -471,7 +475,7 @@ def test_sample_names_follow_imagenet_wnids():
 @pytest.fixture(scope='module')
 def disagreeing_heads(tiny_g, test_config):
   """Two random heads with perturbed statistics, so they disagree on some pixels."""
-  arch = factory_lib.head_arch_for(tiny_g, test_config.biggan.head, num_members=2)
+  arch = train_lib.head_arch_for(tiny_g, test_config.biggan.head, num_members=2)
   variables = head_lib.init(arch, 3)
   key = jax.random.key(4)
   variables['batch_stats'] = jax.tree.map(
@@ -479,19 +483,31 @@ def disagreeing_heads(tiny_g, test_config):
   return arch, variables
 
 
-def test_per_class_samples_match_the_generator_and_heads(tiny_g, disagreeing_heads):
+def class_factory(g, arch, variables, class_idx, samples_per_class, seed, z_std=0.9,
+                  top_fraction=0.1, batch_size=0):
+  """The generate step for per-class samples of g, labelled by the heads."""
+  sampling = base.ClassSampling(seed, base.check_class_idx(class_idx, g.num_classes), 1,
+                                samples_per_class, z_std, g.dim_z, g.num_classes)
+  layout = features.FeatureLayout.create([s.shape for s in g.feature_specs],
+                                         [s.channels for s in g.feature_specs])
+  return factory_lib.Factory(g, sampling, train_lib.Labeler(arch, variables=variables), layout,
+                             top_fraction, batch_size=batch_size), sampling
+
+
+def test_per_class_samples_match_the_generator_and_heads(tiny_g, disagreeing_heads,
+                                                         test_config):
   g = tiny_g
   arch, variables = disagreeing_heads
-  step = factory_lib.ClassFactory(g, arch, variables, (225, 200, 7), samples_per_class=3,
-                                  seed=5, z_std=0.9, top_fraction=0.25, batch_size=3)
-  assert step.num_samples == 9
+  step, sampling = class_factory(g, arch, variables, (225, 200, 7), samples_per_class=3,
+                                 seed=5, z_std=0.9, top_fraction=0.25, batch_size=3)
+  assert sampling.count('generate', test_config) == 9
   indices = np.arange(9)
   out = step(indices)
   np.testing.assert_array_equal(out['class_id'], [225] * 3 + [200] * 3 + [7] * 3)
   # z of sample j of class c: z_std * N(0, I) from (seed, stream, c, j).
   for i, (c, j) in enumerate(zip(out['class_id'], indices % 3)):
     key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(
-        jax.random.key(5), factory_lib.GENERATE_STREAM), c), j)
+        jax.random.key(5), base.GENERATE_STREAM), c), j)
     np.testing.assert_allclose(out['z'][i], 0.9 * np.asarray(jax.random.normal(key, (20,))),
                                rtol=1e-6)
   # Image and label against the generator's API and the heads run directly.
@@ -513,16 +529,16 @@ def test_per_class_samples_match_the_generator_and_heads(tiny_g, disagreeing_hea
 
 def test_sample_does_not_depend_on_batching_or_class_list(tiny_g, disagreeing_heads):
   arch, variables = disagreeing_heads
-  step = factory_lib.ClassFactory(tiny_g, arch, variables, (225, 200), samples_per_class=4,
-                                  seed=0, top_fraction=0.25, batch_size=3)
+  step, _ = class_factory(tiny_g, arch, variables, (225, 200), samples_per_class=4, seed=0,
+                          top_fraction=0.25, batch_size=3)
   together = step(np.arange(8))
   one_by_one = [step([i]) for i in range(8)]
   for key in ('image', 'label', 'class_id', 'z', 'uncertainty'):
     np.testing.assert_allclose(np.concatenate([o[key] for o in one_by_one]), together[key],
                                rtol=1e-5, atol=1e-6, err_msg=key)
   # Sample j of class 200 is the same with another class list and count per class.
-  other = factory_lib.ClassFactory(tiny_g, arch, variables, (200,), samples_per_class=2,
-                                   seed=0, top_fraction=0.25, batch_size=3)(np.arange(2))
+  other = class_factory(tiny_g, arch, variables, (200,), samples_per_class=2, seed=0,
+                        top_fraction=0.25, batch_size=3)[0](np.arange(2))
   np.testing.assert_array_equal(other['image'], together['image'][4:6])
   np.testing.assert_array_equal(other['label'], together['label'][4:6])
 
@@ -537,14 +553,14 @@ def test_sample_does_not_depend_on_batching_or_class_list(tiny_g, disagreeing_he
 def test_bad_class_ids_are_named(tiny_g, disagreeing_heads, class_idx, message):
   arch, variables = disagreeing_heads
   with pytest.raises(InputError, match=message):
-    factory_lib.ClassFactory(tiny_g, arch, variables, class_idx, samples_per_class=2, seed=0)
+    class_factory(tiny_g, arch, variables, class_idx, samples_per_class=2, seed=0)
 
 
 # ----------------------------------------------------------------------------------------
 # Training: resume; the stages end to end.
 
 
-def synthetic_layout(root, g, count_per_class=3, classes=(225, 200)):
+def synthetic_layout(root, g, sampling, config, count_per_class=3, classes=(225, 200)):
   """A layout of real samples of g whose masks are their brighter pixels."""
   rng = np.random.RandomState(1)
   samples = []
@@ -556,22 +572,23 @@ def synthetic_layout(root, g, count_per_class=3, classes=(225, 200)):
       samples.append((layout_lib.class_folder(c, 1000), layout_lib.sample_stem(c, j, 1000),
                       ((grey > np.median(grey)) * 255).astype(np.uint8), z))
   write_layout(root, 'biggan32', samples, g.dim_z)
-  return layout_lib.read(str(root), 'biggan32', g.dim_z, g.num_classes)
+  return annotated.read(str(root), g, sampling, config.data, (32, 32))
 
 
 @pytest.mark.slow
 def test_resume_gives_the_uninterrupted_result(tmp_path, tiny_g, test_config):
   g = tiny_g
-  data = synthetic_layout(tmp_path / 'data', g)
-  arch = factory_lib.head_arch_for(g, test_config.biggan.head, num_members=2)
+  sampling = g.sampling(test_config)
+  data = synthetic_layout(tmp_path / 'data', g, sampling, test_config)
+  arch = train_lib.head_arch_for(g, test_config.biggan.head, num_members=2)
   options = train_lib.TrainOptions(num_steps=6, batch_size=4, checkpoint_every=2, log_every=1)
-  straight = train_lib.train(g, data, arch, options, seed=3, progress=False)
+  straight = train_lib.train(g, sampling, data, arch, options, seed=3, progress=False)
   checkpoints = str(tmp_path / 'checkpoints')
-  interrupted = train_lib.train(g, data, arch, options, seed=3, checkpoint_dir=checkpoints,
-                                progress=False, stop_after=3)
+  interrupted = train_lib.train(g, sampling, data, arch, options, seed=3,
+                                checkpoint_dir=checkpoints, progress=False, stop_after=3)
   assert int(interrupted['step']) == 3
-  resumed = train_lib.train(g, data, arch, options, seed=3, checkpoint_dir=checkpoints,
-                            progress=False)
+  resumed = train_lib.train(g, sampling, data, arch, options, seed=3,
+                            checkpoint_dir=checkpoints, progress=False)
   assert int(resumed['step']) == 6
   np.testing.assert_array_equal(resumed['history']['step'], [4, 5, 6])
   np.testing.assert_allclose(resumed['history']['loss'], straight['history']['loss'][3:],
@@ -592,7 +609,8 @@ def run_main(*args):
 @pytest.mark.slow
 def test_biggan_stages_end_to_end(tmp_path, tiny_g):
   workdir = tmp_path / 'work'
-  result = run_main('--config=configs/test_biggan.py', f'--workdir={workdir}',
+  stages = '--stages=sample,train_interpreter,generate'
+  result = run_main('--config=configs/test_biggan.py', f'--workdir={workdir}', stages,
                     '--config.biggan.class_idx=225,200', '--config.biggan.samples_per_class=6')
   assert result.returncode == 0, result.stderr[-3000:]
   # sample: BigDatasetGAN's layout; the images regenerate from their latents.
@@ -626,8 +644,8 @@ def test_biggan_stages_end_to_end(tmp_path, tiny_g):
     assert record['image'].shape == (32, 32, 3) and record['label'].shape == (32, 32)
     assert set(np.unique(record['label'])) <= {0, 1}
   # The stored sample is what the factory gives for its index.
-  step = factory_lib.ClassFactory(tiny_g, arch, variables, (225, 200), samples_per_class=6,
-                                  seed=0, batch_size=4)
+  step, _ = class_factory(tiny_g, arch, variables, (225, 200), samples_per_class=6, seed=0,
+                          batch_size=4)
   again = step([7])
   np.testing.assert_array_equal(by_index[7]['image'], again['image'][0])
   np.testing.assert_array_equal(by_index[7]['label'], again['label'][0])
@@ -639,7 +657,7 @@ def test_biggan_stages_end_to_end(tmp_path, tiny_g):
   assert (workdir / 'dataset' / 'preview.png').exists()
   # A rerun skips every stage.
   mtime = os.path.getmtime(workdir / 'dataset' / 'generation.json')
-  result = run_main('--config=configs/test_biggan.py', f'--workdir={workdir}')
+  result = run_main('--config=configs/test_biggan.py', f'--workdir={workdir}', stages)
   assert result.returncode == 0, result.stderr[-3000:]
   assert os.path.getmtime(workdir / 'dataset' / 'generation.json') == mtime
 
@@ -673,3 +691,150 @@ def test_bigdatasetgan_config_carries_the_original_settings():
   assert tuple(config.biggan.head.group_sizes) == (32, 128, 512)
   assert tuple(config.biggan.head.group_channels) == (128, 64, 32)
   assert config.data.num_classes == 2
+
+
+# ----------------------------------------------------------------------------------------
+# A BigGAN workdir through the downstream stages.
+
+
+def write_test_layout(root, count_per_class=5, classes=(225, 200), size=32):
+  """Real-image stand-ins in BigDatasetGAN's layout: a bright square (the foreground) on a
+  dark image, ImageNet file names (n02105162_0.JPEG style: the class is the folder)."""
+  rng = np.random.RandomState(7)
+  for c in classes:
+    folder = layout_lib.class_folder(c, 1000)
+    for j in range(count_per_class):
+      image = np.full((size, size, 3), 20, np.uint8)
+      mask = np.zeros((size, size), np.uint8)
+      top, left = rng.randint(0, size // 2, 2)
+      image[top:top + 12, left:left + 12] = 230
+      mask[top:top + 12, left:left + 12] = 255
+      for kind, array, ext in (('images', image, '.JPEG'), ('annotations', mask, '.png')):
+        path = root / kind / 'real' / folder / f'{folder}_{j}{ext}'
+        os.makedirs(path.parent, exist_ok=True)
+        Image.fromarray(array).save(path, format='JPEG' if ext == '.JPEG' else 'PNG',
+                                    **({'quality': 100} if ext == '.JPEG' else {}))
+
+
+@pytest.mark.slow
+def test_biggan_workdir_through_downstream_in_both_label_modes(tmp_path):
+  from dgan_jax.downstream import data as data_lib  # pylint: disable=import-outside-toplevel
+  from dgan_jax.downstream import run as run_lib  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / 'work'
+  # Binary (BigDatasetGAN's benchmark): every stage, stand-in test images in the layout.
+  result = run_main('--config=configs/test_biggan.py', f'--workdir={workdir}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = json.loads((workdir / 'eval.json').read_text())
+  assert record['classes'] == ['background', 'foreground']
+  assert record['protocol']['stand_in_test_images']
+  stand_in = workdir / 'test_synthetic'
+  assert len(list((stand_in / 'annotations').glob('*/*/*.png'))) == 10
+  runs = record['runs']
+  assert runs['synthetic']['num_train_images'] == 9      # 12 generated, 3 dropped
+  assert runs['few_shot']['num_train_images'] == 8       # 4 annotated per class
+  for run in runs.values():
+    assert len(run['folds']) == 5 and run['epochs'] == 2
+  report = (workdir / 'report.md').read_text()
+  for run in ('few-shot', 'synthetic (filtered)'):
+    assert f'| {run} |' in report
+
+  # (K + 1)-way: foreground takes its sample's class (class_idx order: 225 -> 1, 200 -> 2),
+  # scored on a test folder of real-image layout with known masks.
+  test_dir = tmp_path / 'test'
+  write_test_layout(test_dir)
+  io.remove([workdir / 'downstream', workdir / 'eval', workdir / 'eval.json'])
+  args = ['--config=configs/test_biggan.py', f'--workdir={workdir}',
+          '--stages=train_downstream,evaluate', '--config.downstream.label_mode=class',
+          f'--config.evaluate.test_dir={test_dir}']
+  result = run_main(*args)
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = json.loads((workdir / 'eval.json').read_text())
+  assert record['classes'] == ['background', 'n02105162', 'n02097474']
+  assert not record['protocol']['stand_in_test_images']
+  assert record['test_images'][0] == 'real/n02097474/n02097474_0'   # sorted: class 200 first
+  assert set(record['runs']['synthetic']['class_iou']) == set(record['classes'])
+
+  config = importlib.import_module('configs.test_biggan').get_config()
+  with config.unlocked():
+    config.downstream.label_mode = 'class'
+  mapping = run_lib.label_map(config, str(workdir))
+  test = data_lib.read_test_folder(str(test_dir), 3, 32, mapping)
+  for name, label in zip(test.names, test.labels):
+    folder = name.split('/')[1]
+    mask = np.asarray(Image.open(test_dir / 'annotations' / f'{name}.png')) > 0
+    expected = mask.astype(np.uint8) * (1 if folder == 'n02105162' else 2)
+    np.testing.assert_array_equal(label, expected)
+  # The synthetic examples: each foreground pixel carries its sample's class.
+  raw = tfds.builder_from_directory(str(workdir / 'dataset')).as_data_source('train')
+  source = data_lib.SyntheticSource(str(workdir / 'dataset'), mapping)
+  for i in range(len(raw)):
+    (_, label), = source.get([i])
+    value = {225: 1, 200: 2}[int(raw[i]['class_id'])]
+    np.testing.assert_array_equal(label, (raw[i]['label'] != 0).astype(np.uint8) * value)
+
+
+# ----------------------------------------------------------------------------------------
+# The release's trained head (bigdatasetgan_code's train.py: checkpoint_latest.pth).
+
+
+def release_state_dict(module: TorchHead) -> dict:
+  """The reference module's weights under the release's names (models.py's SegBlock and
+  BigGAN-PyTorch's layers: SNLinear/SNConv2d with u0 and sv0 buffers, ccbn and bn with
+  stored_mean/stored_var), beside a generator part the head import ignores."""
+  groups = ('low', 'mid', 'high')
+  state = {f'{groups[g]}_feature_conv.0.weight': p.weight for g, p in enumerate(module.proj)}
+  for k, block in enumerate(module.mix, start=1):
+    name = ('mid', 'high')[k - 1] + '_feature_mix_conv'
+    for bn in ('bn1', 'bn2'):
+      layer = getattr(block, bn)
+      for part in ('gain', 'bias'):
+        linear = getattr(layer, part)
+        state.update({f'{name}.{bn}.{part}.weight': linear.weight,
+                      f'{name}.{bn}.{part}.bias': linear.bias,
+                      f'{name}.{bn}.{part}.u0': linear.u, f'{name}.{bn}.{part}.sv0': torch.ones(1)})
+      state[f'{name}.{bn}.stored_mean'] = layer.mean
+      state[f'{name}.{bn}.stored_var'] = layer.var
+    for conv in ('conv1', 'conv2'):
+      layer = getattr(block, conv)
+      state.update({f'{name}.{conv}.weight': layer.weight, f'{name}.{conv}.bias': layer.bias,
+                    f'{name}.{conv}.u0': layer.u, f'{name}.{conv}.sv0': torch.ones(1)})
+  state.update({'out_layer.0.gain': module.out_gain, 'out_layer.0.bias': module.out_bias,
+                'out_layer.0.stored_mean': module.out_mean,
+                'out_layer.0.stored_var': module.out_var,
+                'out_layer.2.weight': module.out_conv.weight,
+                'out_layer.2.bias': module.out_conv.bias, 'out_layer.2.u0': module.out_conv.u,
+                'out_layer.2.sv0': torch.ones(1),
+                'biggan_model.shared.weight': torch.zeros(1000, 8)})
+  return {k: v.detach().clone() for k, v in state.items()}
+
+
+def test_release_head_checkpoint_converts_and_matches_torch(tmp_path, tiny_g):
+  from convert_weights import __main__ as convert_cli  # pylint: disable=import-outside-toplevel
+  from dgan_jax.generators import checkpoint  # pylint: disable=import-outside-toplevel
+  arch = train_lib.head_arch_for(tiny_g, importlib.import_module(
+      'configs.test_biggan').get_config().biggan.head, num_members=1)
+  torch.manual_seed(3)
+  module = torch_head(arch)
+  randomize_statistics(module, 4)
+  module.eval()
+  torch.save(release_state_dict(module), tmp_path / 'checkpoint_latest.pth')
+  checkpoint.save(str(tmp_path / 'biggan32'), tiny_g.arch.to_json(),
+                  jax.device_get(tiny_g.params), {})
+  assert convert_cli.main(['bigdatasetgan_head', str(tmp_path / 'checkpoint_latest.pth'),
+                           str(tmp_path / 'head'), '--generator', str(tmp_path / 'biggan32'),
+                           '--group-sizes', '8,16,32']) == 0
+  converted, variables, meta = head_lib.load(str(tmp_path / 'head'))
+  assert converted == arch and meta['source_format'] == 'bigdatasetgan_code state dict'
+  maps, cond = random_inputs(arch, 3, seed=9)
+  logits, _ = jax.jit(lambda v, m, c: head_lib.apply(arch, v, m, c))(variables, maps, cond)
+  with torch.no_grad():
+    expected = module([nchw(m) for m in maps], torch.from_numpy(cond))
+  assert relative_error(np.asarray(logits[0]).transpose(0, 3, 1, 2), _np(expected)) < 2e-5
+  # A state dict of something else is named, key by key.
+  state = release_state_dict(module)
+  del state['mid_feature_mix_conv.conv1.u0']
+  torch.save(state, tmp_path / 'broken.pth')
+  assert convert_cli.main(['bigdatasetgan_head', str(tmp_path / 'broken.pth'),
+                           str(tmp_path / 'head2'), '--generator', str(tmp_path / 'biggan32'),
+                           '--group-sizes', '8,16,32']) == 1
+  assert not (tmp_path / 'head2').exists()

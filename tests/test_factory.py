@@ -45,6 +45,10 @@ def _ensemble(layout, num_classes=3, num_members=3, seed=1):
   return arch, params, stats
 
 
+def _labeler(arch, params, stats):
+  return interpreter.Labeler(arch, variables={'params': params, 'batch_stats': stats})
+
+
 def _direct(g, config, layout, params, stats, z):
   """The original's way: upsample every map to full size, concatenate, run each member."""
   w = g.truncate(g.map(z), config.generator.truncation_psi, config.generator.truncation_cutoff)
@@ -66,9 +70,9 @@ def _direct(g, config, layout, params, stats, z):
 def test_folded_first_layer_equals_direct_computation(feature_size, crop_rows, chunk_rows):
   config = _config(**{'data.feature_size': feature_size, 'data.crop_rows': crop_rows})
   g = generators.from_config(config.generator, config.seed)
-  layout = stages.feature_layout(g, config.data)
-  _, params, stats = _ensemble(layout)
-  factory = factory_lib.Factory(g, params, stats, layout, seed=config.seed,
+  layout = features_lib.layout_for(g, config.data)
+  arch, params, stats = _ensemble(layout)
+  factory = factory_lib.Factory(g, g.sampling(config), _labeler(arch, params, stats), layout,
                                 chunk_rows=chunk_rows)
   out = factory(np.arange(3))
   z = np.asarray(latents.sample_z(config.seed, np.arange(3)))
@@ -91,14 +95,14 @@ def test_resize_columns_matches_torch(in_width, out_width):
   expected = torch.nn.functional.interpolate(
       torch.from_numpy(x.transpose(0, 2, 1))[:, :, None], size=(1, out_width),
       mode='bilinear', align_corners=False)[:, :, 0].numpy().transpose(0, 2, 1)
-  np.testing.assert_allclose(factory_lib.resize_columns(jnp.asarray(x), out_width), expected,
+  np.testing.assert_allclose(features_lib.resize_columns(jnp.asarray(x), out_width), expected,
                              atol=1e-5)
 
 
 def test_chunk_plan_rows_match_the_bilinear_tables():
   layout = features_lib.FeatureLayout.create([(4, 4), (64, 64), (64, 64), (128, 128)],
                                              [1, 1, 1, 1], (96, 80), (7, 90))
-  plans = factory_lib.plan_chunks(layout, 16)
+  plans = interpreter.plan_chunks(layout, 16)
   assert [p.maps for p in plans] == [(0,), (1, 2), (3,)]
   for plan in plans:
     (rows, _), (kept, _, _) = layout.tables()[plan.maps[0]], layout.kept_shapes[plan.maps[0]]
@@ -115,14 +119,14 @@ _DEVICES_SCRIPT = textwrap.dedent('''
     sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
     import numpy as np, jax
     import test_factory as t
-    from dgan_jax import factory as factory_lib, generators, stages
+    from dgan_jax import factory as factory_lib, features, generators
     config = t._config(**{{'generator.noise': 'per_sample'}})
     g = generators.from_config(config.generator, config.seed)
-    layout = stages.feature_layout(g, config.data)
-    _, params, stats = t._ensemble(layout)
+    layout = features.layout_for(g, config.data)
+    arch, params, stats = t._ensemble(layout)
     devices = jax.local_devices()[:{num_devices}]
-    factory = factory_lib.Factory(g, params, stats, layout, seed=config.seed,
-                                  noise='per_sample', chunk_rows=8, devices=devices)
+    factory = factory_lib.Factory(g, g.sampling(config), t._labeler(arch, params, stats),
+                                  layout, chunk_rows=8, devices=devices)
     outs = [factory(np.arange(s, min(s + {batch}, 8))) for s in range(0, 8, {batch})]
     np.savez({path!r}, **{{k: np.concatenate([o[k] for o in outs]) for k in outs[0]}})
 ''')
@@ -151,7 +155,7 @@ def test_sample_i_is_the_same_whatever_batch_and_device_count(tmp_path):
 
 def _prepare_workdir(workdir, config):
   g = generators.from_config(config.generator, config.seed)
-  arch, params, stats = _ensemble(stages.feature_layout(g, config.data))
+  arch, params, stats = _ensemble(features_lib.layout_for(g, config.data))
   interpreter.save(os.path.join(workdir, 'interpreter'), arch, params, stats)
   return g, params, stats
 
@@ -182,7 +186,7 @@ def test_generate_stage_dataset_reads_back_through_tfds(tmp_path):
   np.testing.assert_array_equal(example['latent'],
                                 np.asarray(latents.sample_z(config.seed, [index]))[0])
   assert example['uncertainty'] == pytest.approx(scores[index], rel=1e-6)
-  layout = stages.feature_layout(g, config.data)
+  layout = features_lib.layout_for(g, config.data)
   _, label, direct_scores = _direct(g, config, layout, params, stats, example['latent'][None])
   assert (example['label'] == label[0]).mean() > 0.999
   assert example['uncertainty'] == pytest.approx(direct_scores[0], rel=1e-3)

@@ -116,6 +116,11 @@ class Generator(abc.ABC):
     (config.generator.random_init.arch). Raises InputError naming a bad field."""
 
   @property
+  def kind(self) -> str:
+    """The family name (the name generator.json's arch record uses: 'type')."""
+    return self.family
+
+  @property
   @abc.abstractmethod
   def resolution(self) -> int:
     """Side of the square output image."""
