@@ -14,6 +14,7 @@ row of the report's tables.
 """
 
 import importlib
+import os
 from typing import Callable
 
 from absl import logging
@@ -28,9 +29,8 @@ class Domain:
 
   def annotate(self, config, workdir: str) -> None:
     """The annotate stage: labels the sample stage's images, where a person would."""
-    del workdir
     logging.info('annotate: masks are read from %s',
-                 config.data.annotation_dir or io.ANNOTATE)
+                 config.data.annotation_dir or os.path.join(workdir, io.ANNOTATE))
 
   def test_dir(self, config, workdir: str) -> str | None:
     """A test folder the domain provides (None: config.evaluate.test_dir, or stand-ins)."""

@@ -51,10 +51,10 @@ class Figure(typing.NamedTuple):
 def report(config, workdir: str) -> None:
   """Writes workdir/report.md, report.html and report/ (skipped when report.md is newer
   than eval.json)."""
-  eval_path = os.path.join(workdir, 'eval.json')
+  eval_path = os.path.join(workdir, io.EVAL_JSON)
   if not os.path.isfile(eval_path):
     raise InputError(f'{eval_path}: missing (run the evaluate stage first)')
-  out_md = os.path.join(workdir, 'report.md')
+  out_md = os.path.join(workdir, f'{io.REPORT}.md')
   if os.path.exists(out_md) and os.path.getmtime(out_md) > os.path.getmtime(eval_path):
     logging.info('report: %s is newer than %s, skipping', out_md, eval_path)
     return
@@ -72,7 +72,7 @@ def report(config, workdir: str) -> None:
     blocks += [('h2', 'Protocol'), ('p', protocol['description'].rstrip('.') + '.'),
                ('p', 'mIoU: ' + protocol['miou'].rstrip('.') + '.')]
   title = blocks[0][1]
-  io.write_text(os.path.join(workdir, 'report.html'), _to_html(title, blocks))
+  io.write_text(os.path.join(workdir, f'{io.REPORT}.html'), _to_html(title, blocks))
   io.write_text(out_md, _to_markdown(blocks))  # last: its presence marks a finished report
   logging.info('report: wrote %s and report.html', out_md)
 
@@ -207,7 +207,7 @@ def _image_blocks(config, workdir: str, out_dir: str, evaluation: dict,
       save('synthetic_dropped.png', _pairs_grid(pairs, palette),
            f'Filtered out: the {len(worst)} most uncertain samples (image | label), in '
            f'reading order; uncertainty (sample index): {scores}.')
-  eval_dir = os.path.join(workdir, 'eval')
+  eval_dir = os.path.join(workdir, io.EVAL)
   copy(os.path.join(eval_dir, 'test_set.png'), 'test_set.png',
        'Test images and their ground truth (image | mask).')
   for run in _ordered_runs(evaluation['runs']):

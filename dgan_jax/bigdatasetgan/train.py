@@ -112,7 +112,7 @@ def make_train_step(g, sampling, arch: head_lib.HeadArch, options: TrainOptions,
   return _train_step(g, sampling, arch, options, layout)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=8)
 def _train_step(g, sampling, arch: head_lib.HeadArch, options: TrainOptions, layout):
   tx = optax.adam(options.learning_rate)   # PyTorch's defaults: b1 0.9, b2 0.999, eps 1e-8
   to_grid = head_lib.grid_resampler(arch, layout) if layout is not None else lambda x: x

@@ -31,7 +31,6 @@ from dgan_jax import latents
 from dgan_jax.data import classes
 from dgan_jax.errors import InputError
 
-PURPOSES = ('annotate', 'generate', 'test')
 Inputs = dict[str, jax.Array]   # per-sample arrays with a leading batch axis
 
 
@@ -193,7 +192,7 @@ class Generator(abc.ABC):
     return {}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=8)
 def _jitted_apply(g: Generator, sampling: Sampling):
   return jax.jit(lambda variables, inputs: g.apply(variables, inputs, sampling)[:2])
 

@@ -26,6 +26,7 @@ The ops (conditional batch norm, self-attention, ...) are shared with BigGAN-dee
 (`biggan_deep.py`).
 """
 
+import abc
 import dataclasses
 import functools
 from typing import Any
@@ -417,9 +418,9 @@ class ClassConditionalGenerator(base.Generator):
     image, features = self._synthesis(params, inputs['z'].astype(self.dtype), embedding)
     return image, features, embedding
 
+  @abc.abstractmethod
   def _synthesis(self, params, z, embedding):
     """The family's synthesis from z and the class embedding (eval mode)."""
-    raise NotImplementedError
 
   @property
   def feature_channels(self) -> list[int]:
