@@ -14,6 +14,31 @@ def run_main(*args, timeout: int = 600) -> subprocess.CompletedProcess:
   """`python -m dgan_jax.main *args` from the repository root, output captured."""
   return subprocess.run([sys.executable, '-m', 'dgan_jax.main', *args], cwd=REPO,
                         capture_output=True, text=True, timeout=timeout)
+
+
+# Workdirs made once per session through the CLI and shared by the tests that read them
+# (none may change them: copy one first).
+LABEL_STAGES = '--stages=sample,train_interpreter,generate'
+
+
+@pytest.fixture(scope='session')
+def stylegan_workdir(tmp_path_factory):
+  """configs/test.py (tiny StyleGAN, MLP ensemble, brightness masks) through sample,
+  train_interpreter and generate."""
+  workdir = tmp_path_factory.mktemp('stylegan') / 'work'
+  result = run_main('--config=configs/test.py', f'--workdir={workdir}', LABEL_STAGES)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+@pytest.fixture(scope='session')
+def biggan_workdir(tmp_path_factory):
+  """configs/test_biggan.py (tiny BigGAN, two segmentation heads, brightness masks)
+  through every stage: foreground/background downstream, stand-in test images."""
+  workdir = tmp_path_factory.mktemp('biggan') / 'work'
+  result = run_main('--config=configs/test_biggan.py', f'--workdir={workdir}', timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 

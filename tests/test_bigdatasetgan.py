@@ -6,6 +6,7 @@ loop, resume, the data layout reader, per-class sampling and the stages end to e
 import importlib
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -607,12 +608,11 @@ def run_main(*args):
 
 
 @pytest.mark.slow
-def test_biggan_stages_end_to_end(tmp_path, tiny_g):
-  workdir = tmp_path / 'work'
-  stages = '--stages=sample,train_interpreter,generate'
-  result = run_main('--config=configs/test_biggan.py', f'--workdir={workdir}', stages,
-                    '--config.biggan.class_idx=225,200', '--config.biggan.samples_per_class=6')
-  assert result.returncode == 0, result.stderr[-3000:]
+def test_biggan_stages_end_to_end(biggan_workdir, tiny_g, test_config):
+  # Every stage of configs/test_biggan.py, run once by the session fixture.
+  workdir = biggan_workdir
+  assert tuple(test_config.biggan.class_idx) == (225, 200)
+  assert test_config.biggan.samples_per_class == 6
   # sample: BigDatasetGAN's layout; the images regenerate from their latents.
   annotate = workdir / 'annotate'
   latent_path = annotate / 'latents' / 'biggan32' / 'n02105162' / 'n02105162_225_0003.npy'
@@ -657,7 +657,7 @@ def test_biggan_stages_end_to_end(tmp_path, tiny_g):
   assert (workdir / 'dataset' / 'preview.png').exists()
   # A rerun skips every stage.
   mtime = os.path.getmtime(workdir / 'dataset' / 'generation.json')
-  result = run_main('--config=configs/test_biggan.py', f'--workdir={workdir}', stages)
+  result = run_main('--config=configs/test_biggan.py', f'--workdir={workdir}')
   assert result.returncode == 0, result.stderr[-3000:]
   assert os.path.getmtime(workdir / 'dataset' / 'generation.json') == mtime
 
@@ -717,13 +717,12 @@ def write_test_layout(root, count_per_class=5, classes=(225, 200), size=32):
 
 
 @pytest.mark.slow
-def test_biggan_workdir_through_downstream_in_both_label_modes(tmp_path):
+def test_biggan_workdir_through_downstream_in_both_label_modes(tmp_path, biggan_workdir):
   from dgan_jax.downstream import data as data_lib  # pylint: disable=import-outside-toplevel
   from dgan_jax.downstream import run as run_lib  # pylint: disable=import-outside-toplevel
-  workdir = tmp_path / 'work'
-  # Binary (BigDatasetGAN's benchmark): every stage, stand-in test images in the layout.
-  result = run_main('--config=configs/test_biggan.py', f'--workdir={workdir}')
-  assert result.returncode == 0, result.stderr[-3000:]
+  # Binary (BigDatasetGAN's benchmark, the config's): every stage, stand-in test images in
+  # the layout (the session fixture's run).
+  workdir = biggan_workdir
   record = json.loads((workdir / 'eval.json').read_text())
   assert record['classes'] == ['background', 'foreground']
   assert record['protocol']['stand_in_test_images']
@@ -739,9 +738,11 @@ def test_biggan_workdir_through_downstream_in_both_label_modes(tmp_path):
     assert f'| {run} |' in report
 
   # (K + 1)-way: foreground takes its sample's class (class_idx order: 225 -> 1, 200 -> 2),
-  # scored on a test folder of real-image layout with known masks.
+  # scored on a test folder of real-image layout with known masks; in a copy.
   test_dir = tmp_path / 'test'
   write_test_layout(test_dir)
+  shutil.copytree(biggan_workdir, tmp_path / 'work', symlinks=True)
+  workdir = tmp_path / 'work'
   io.remove([workdir / 'downstream', workdir / 'eval', workdir / 'eval.json'])
   args = ['--config=configs/test_biggan.py', f'--workdir={workdir}',
           '--stages=train_downstream,evaluate', '--config.downstream.label_mode=class',

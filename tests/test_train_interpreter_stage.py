@@ -18,12 +18,10 @@ def run_main(*args):
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-  """sample + train_interpreter with the test config's synthetic (brightness) masks."""
-  workdir = tmp_path_factory.mktemp('stage') / 'work'
-  result = run_main(f'--workdir={workdir}', '--stages=sample,train_interpreter')
-  assert result.returncode == 0, result.stderr[-3000:]
-  return workdir
+def trained(stylegan_workdir):
+  """sample + train_interpreter (and generate) with the test config's synthetic
+  (brightness) masks."""
+  return stylegan_workdir
 
 
 def test_stage_trains_and_writes_the_ensemble(trained):
