@@ -156,9 +156,10 @@ def main():
     print(json.dumps(fn(args.images)))
     return
   import jax  # pylint: disable=import-outside-toplevel
+  import machine  # pylint: disable=import-outside-toplevel  # benchmarks/machine.py
   print(f'car-sized generate step, {NUM_MEMBERS} members, {NUM_CLASSES} classes, '
         f'384x512 pixels, {jax.devices()[0].platform} x{jax.device_count()}, '
-        f'median of {args.images} images')
+        f'median of {args.images} images; matmul {machine.matmul_gflops():.0f} GFLOP/s')
   ours = _in_subprocess('ours', args.images)
   print(f"  dgan_jax step: {ours['seconds_per_image']:.2f} s/image "
         f"({1 / ours['seconds_per_image']:.2f} images/s; generator + labels + JS), "

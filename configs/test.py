@@ -32,16 +32,5 @@ def get_config(arg=None):
   config.generate.samples_per_shard = 8
   config.generate.chunk_rows = 8
   config.generate.preview_count = 8
-  # A 3-stage ResNet (the last stage dilated), 8 channels, at 32 px: seconds per stage.
-  config.downstream.stage_sizes = (1, 1, 1)
-  config.downstream.width = 8
-  config.downstream.aspp_rates = (1, 2, 3)
-  config.downstream.aspp_channels = 16
-  config.downstream.resolution = 32
-  config.downstream.batch_size = 4
-  config.downstream.epochs = 2
-  config.downstream.steps_per_epoch = 2
-  config.downstream.few_shot_steps_per_epoch = 2
-  config.downstream.log_every = 1
-  config.evaluate.synthetic_test_images = 10   # no real test set: brightness stand-ins
+  config_lib.smoke_downstream(config)
   return config_lib.finalize(config)

@@ -40,17 +40,6 @@ def get_config(arg=None):
   config.generate.drop_fraction = 0.25
   config.generate.preview_count = 8
   config.generate.dataset_name = 'bigdatasetgan'
-  # The downstream stages as configs/test.py runs them: a 3-stage ResNet at 32 px.
-  config.downstream.label_mode = 'binary'
-  config.downstream.stage_sizes = (1, 1, 1)
-  config.downstream.width = 8
-  config.downstream.aspp_rates = (1, 2, 3)
-  config.downstream.aspp_channels = 16
-  config.downstream.resolution = 32
-  config.downstream.batch_size = 4
-  config.downstream.epochs = 2
-  config.downstream.steps_per_epoch = 2
-  config.downstream.few_shot_steps_per_epoch = 2
-  config.downstream.log_every = 1
-  config.evaluate.synthetic_test_images = 10   # no real test set: stand-in samples
+  config.downstream.label_mode = 'binary'   # BigDatasetGAN's foreground / background
+  config_lib.smoke_downstream(config)
   return config_lib.finalize(config)

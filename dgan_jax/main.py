@@ -30,7 +30,7 @@ def main(argv):
   if flags.FLAGS.stages:
     with config.unlocked():
       config.stages = flags.FLAGS.stages
-  workdir = flags.FLAGS.workdir
+  workdir = os.path.abspath(flags.FLAGS.workdir)   # orbax refuses relative paths
   os.makedirs(workdir, exist_ok=True)
   try:
     parallel.initialize(config.distributed)   # before any stage touches a device

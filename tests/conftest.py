@@ -34,9 +34,13 @@ def stylegan_workdir(tmp_path_factory):
 @pytest.fixture(scope='session')
 def biggan_workdir(tmp_path_factory):
   """configs/test_biggan.py (tiny BigGAN, two segmentation heads, brightness masks)
-  through every stage: foreground/background downstream, stand-in test images."""
+  through every stage: foreground/background downstream, stand-in test images. The
+  workdir is given relative to the repository, as users type it (orbax, which writes
+  the downstream checkpoints, refuses relative paths unless main resolves them)."""
   workdir = tmp_path_factory.mktemp('biggan') / 'work'
-  result = run_main('--config=configs/test_biggan.py', f'--workdir={workdir}', timeout=900)
+  relative = os.path.relpath(workdir, REPO)
+  assert not os.path.isabs(relative)
+  result = run_main('--config=configs/test_biggan.py', f'--workdir={relative}', timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir
 if REPO not in sys.path:
