@@ -22,9 +22,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dgan_jax.bigdatasetgan import factory as factory_lib  # pylint: disable=wrong-import-position
+from dgan_jax import factory as factory_lib  # pylint: disable=wrong-import-position
+from dgan_jax import features  # pylint: disable=wrong-import-position
 from dgan_jax.bigdatasetgan import head as head_lib  # pylint: disable=wrong-import-position
 from dgan_jax.bigdatasetgan import train as train_lib  # pylint: disable=wrong-import-position
+from dgan_jax.generators import base  # pylint: disable=wrong-import-position
 from dgan_jax.generators import biggan  # pylint: disable=wrong-import-position
 
 GROUPS = {512: (32, 128, 512), 256: (16, 64, 256), 128: (8, 32, 128)}
@@ -85,18 +87,28 @@ def main():
                            num_members=args.members)
   variables = head_lib.init(arch, 0)
   b = args.batch
-  class_ids = jnp.arange(b, dtype=jnp.int32) * 7 % 1000
-  numbers = jnp.arange(b, dtype=jnp.int32)
-
-  step = factory_lib.compiled_step(gen_arch, 'float32', arch, 0.1)
-  step_args = (g.params, variables, np.int32(0), np.float32(0.9), class_ids, numbers)
-  compile_s, seconds, memory = timed(step, step_args, args.repeats)
+  # Sample i of the run: number 0 of class 7 i.
+  sampling = base.ClassSampling(0, tuple(7 * i % 1000 for i in range(b)), 1, 1, 0.9, g.dim_z,
+                                g.num_classes)
+  layout = features.FeatureLayout.create([s.shape for s in g.feature_specs],
+                                         [s.channels for s in g.feature_specs])
+  step = factory_lib.Factory(g, sampling, train_lib.Labeler(arch, variables=variables), layout,
+                             batch_size=b)
+  start = time.perf_counter()
+  memory = step.memory_analysis(b)
+  compile_s = time.perf_counter() - start
+  indices = np.arange(b)
+  step(indices)
+  start = time.perf_counter()
+  for _ in range(args.repeats):
+    step(indices)
+  seconds = (time.perf_counter() - start) / args.repeats
   print(f'generate step, batch {b}, {args.members} head(s): compile {compile_s:.1f} s, '
         f'{seconds:.2f} s per call, {b / seconds:.3f} samples/s, '
-        f'{gigabytes(memory):.2f} GB')
+        f'{memory["total_bytes"] / 2**30:.2f} GB')
 
-  z = factory_lib.class_z(0, 0, class_ids, numbers, g.dim_z, 0.9)
-  _, maps, _ = train_lib.generator_features(gen_arch, jnp.float32, g.params, z, class_ids)
+  inputs = sampling.draw('generate', np.arange(b, dtype=np.uint32))
+  _, maps, _ = g.apply(g.variables(sampling), inputs, sampling)
   params = jax.tree.map(lambda a: a[0], variables['params'])
   ours = jax.jit(lambda p, m: head_lib.project_groups(arch, p, m))
   baseline = jax.jit(lambda p, m: resize_then_project(arch, p, m))
@@ -112,20 +124,21 @@ def main():
     options = train_lib.TrainOptions(batch_size=b)
     state = train_lib.init_state(arch, options, 0)
     masks = jnp.zeros((b, args.resolution, args.resolution), jnp.uint8)
-    train_step = train_lib.make_train_step(g, arch, options)
-    lowered = train_step.lower(state, g.params, z, class_ids, masks)
+    train_step = train_lib.make_train_step(g, sampling, arch, options)
+    generator_variables = g.variables(sampling)
+    lowered = train_step.lower(state, generator_variables, inputs, masks)
     compiled = lowered.compile()
     need = gigabytes(compiled.memory_analysis())
     if need > args.max_gigabytes:
       print(f'training step, batch {b}: needs {need:.1f} GB > --max_gigabytes; not run')
       return
     start = time.perf_counter()
-    state, metrics = compiled(state, g.params, z, class_ids, masks)
+    state, metrics = compiled(state, generator_variables, inputs, masks)
     jax.block_until_ready(metrics)
     first = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(args.repeats):
-      state, metrics = compiled(state, g.params, z, class_ids, masks)
+      state, metrics = compiled(state, generator_variables, inputs, masks)
     jax.block_until_ready(metrics)
     seconds = (time.perf_counter() - start) / args.repeats
     print(f'training step, batch {b}, {args.members} head(s): {seconds:.2f} s per step '
