@@ -49,7 +49,6 @@ class Factory:
     self.mesh = parallel.make_mesh(self.devices or None)
     self.devices = tuple(self.mesh.devices.flat)
     self._label = self.labeler.label_fn(self.layout, self.top_fraction, self.chunk_rows)
-    self.image_layout = features.image_layout(self.layout, self.generator.resolution)
     self._generator_variables = self.generator.variables(self.sampling)
     self._compiled = {}
 
@@ -67,13 +66,8 @@ class Factory:
     return self.sampling.extra_fields
 
   def _image_on_grid(self, image: jax.Array) -> jax.Array:
-    """[B, R, R, 3] in [-1, 1] -> uint8 [B, H', W, 3], resized and cropped as the
-    feature maps are."""
-    layout = self.image_layout
-    if layout.output_shape != (self.generator.resolution,) * 2:
-      image = features.upsample(features.keep_rows([image.astype(jnp.float32)], layout)[0],
-                                layout.tables()[0])
-    return base.to_uint8(image)
+    """[B, R, R, 3] in [-1, 1] -> uint8 [B, H', W, 3] on the labelled grid."""
+    return base.to_uint8(features.to_grid(image.astype(jnp.float32), self.layout))
 
   def _outputs(self, generator_variables, labeler_variables, inputs, what: str):
     image, feature_maps, cond = self.generator.apply(generator_variables, inputs,

@@ -244,11 +244,17 @@ def resize_columns(x: jax.Array, out_width: int) -> jax.Array:
   return (1 - weight1) * jnp.take(x, index0, axis=1) + weight1 * jnp.take(x, index1, axis=1)
 
 
-def image_layout(layout: FeatureLayout, resolution: int) -> FeatureLayout:
-  """The layout of the generator's RGB output (one 3-channel map), so images land on
-  the same grid as the features."""
-  return FeatureLayout.create([(resolution, resolution)], [3], layout.feature_size,
+def to_grid(x: jax.Array, layout: FeatureLayout) -> jax.Array:
+  """One square map at its own resolution, x [B, S, S, C] (the generator's image, a
+  labeler's logits) -> [B, H', W, C] on the layout's labelled grid: resized to
+  feature_size (bilinear) and rows cropped as the feature maps are; x itself when that
+  grid is S x S."""
+  size = x.shape[1]
+  grid = FeatureLayout.create([(size, size)], [x.shape[-1]], layout.feature_size,
                               layout.crop_rows)
+  if grid.output_shape == (size, size):
+    return x
+  return upsample(keep_rows([x], grid)[0], grid.tables()[0])
 
 
 def extract_stores(synthesize: Callable[[int], tuple[jax.Array, Sequence[jax.Array]]],
@@ -268,17 +274,13 @@ def extract_stores(synthesize: Callable[[int], tuple[jax.Array, Sequence[jax.Arr
     return [s.at[index].set(m[0].astype(s.dtype))
             for s, m in zip(stores, keep_rows(maps, layout))]
 
-  images = None
+  images = np.zeros((count,) + layout.output_shape + (3,), np.uint8)
   seconds = []
   for i in tqdm(range(count), desc='features', unit='img', disable=not progress):
     start = time.perf_counter()
     image, maps = synthesize(i)
-    if images is None:
-      rgb_layout = image_layout(layout, image.shape[1])
-      rgb_tables = rgb_layout.tables()[0]
-      images = np.zeros((count,) + rgb_layout.output_shape + (3,), np.uint8)
     stores = put(stores, i, list(maps))
-    rgb = upsample(keep_rows([jnp.asarray(image, jnp.float32)], rgb_layout)[0], rgb_tables)
+    rgb = to_grid(jnp.asarray(image, jnp.float32), layout)
     images[i] = np.clip(np.floor(np.asarray(rgb[0]) * 127.5 + 128.0), 0, 255).astype(np.uint8)
     jax.block_until_ready(stores)
     seconds.append(time.perf_counter() - start)

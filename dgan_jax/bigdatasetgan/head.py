@@ -366,23 +366,12 @@ def label_and_score(logits: jax.Array, top_fraction: float):
   return label, pixel_js, uncertainty.image_scores(pixel_js, top_fraction)
 
 
-def grid_resampler(arch: HeadArch, layout: features_lib.FeatureLayout):
-  """Logits [M, B, S, S, O] at the head's output size S -> [M, B, H', W, O] on the
-  labelled grid (resized to layout.feature_size as the feature maps are, rows cropped);
-  the identity when the grid is the head's output."""
-  size = arch.output_size
-  grid = features_lib.FeatureLayout.create([(size, size)], [arch.num_outputs],
-                                           layout.feature_size, layout.crop_rows)
-  if grid.output_shape == (size, size):
-    return lambda logits: logits
-  table = grid.tables()[0]
-
-  def resample(logits):
-    m, b = logits.shape[:2]
-    flat = features_lib.keep_rows([logits.reshape((m * b,) + logits.shape[2:])], grid)[0]
-    return features_lib.upsample(flat, table).reshape((m, b) + grid.output_shape + (-1,))
-
-  return resample
+def logits_to_grid(logits: jax.Array, layout: features_lib.FeatureLayout) -> jax.Array:
+  """Member logits [M, B, S, S, O] at the head's output size -> [M, B, H', W, O] on the
+  labelled grid (`features.to_grid`)."""
+  m, b = logits.shape[:2]
+  grid = features_lib.to_grid(logits.reshape((m * b,) + logits.shape[2:]), layout)
+  return grid.reshape((m, b) + grid.shape[1:])
 
 
 # ----------------------------------------------------------------------------------------

@@ -76,17 +76,25 @@ def read_latent(path: str, dim_z: int) -> np.ndarray:
 def read_mask(path: str, size: int) -> np.ndarray:
   """A mask PNG (any mode; converted to grey) -> [size, size] uint8, 1 where nonzero.
   A mask of another square size is resized (nearest); other shapes are an InputError."""
-  try:
-    with Image.open(path) as image:
-      grey = np.asarray(image.convert('L'))
-  except (OSError, SyntaxError, ValueError) as e:
-    raise InputError(f'{path}: not a readable image ({e})') from None
+  grey = _read_grey(path)
   if grey.shape[0] != grey.shape[1]:
     raise InputError(f'{path}: mask is {grey.shape[0]}x{grey.shape[1]}; BigGAN samples are '
                      f'square ({size}x{size})')
-  if grey.shape[0] != size:
-    grey = annotations_lib.resize_nearest(grey, size, size)
-  return (grey != 0).astype(np.uint8)
+  return _foreground(grey, (size, size))
+
+
+def _read_grey(path: str) -> np.ndarray:
+  """A mask PNG in any mode -> [h, w] uint8 grey; InputError naming it when unreadable."""
+  try:
+    with Image.open(path) as image:
+      return np.asarray(image.convert('L'))
+  except (OSError, SyntaxError, ValueError) as e:
+    raise InputError(f'{path}: not a readable image ({e})') from None
+
+
+def _foreground(grey: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+  """[h, w] -> [shape] uint8, 1 where nonzero (resized nearest when the size differs)."""
+  return (annotations_lib.resize_nearest(grey, *shape) != 0).astype(np.uint8)
 
 
 @dataclasses.dataclass
@@ -186,24 +194,9 @@ def read_pairs(root: str, limit: int | None = None):
     image_path = next((p for p in candidates if os.path.isfile(p)), None)
     if image_path is None:
       raise InputError(f'{mask_path}: its image {candidates[0]} (or .jpg) is missing')
-    try:
-      with Image.open(image_path) as image:
-        picture = np.asarray(image.convert('RGB'))
-    except (OSError, SyntaxError) as e:
-      raise InputError(f'{image_path}: not a readable image ({e})') from None
+    picture = image_utils.read_rgb(image_path)
     images.append(picture)
-    masks.append(_read_mask_at(mask_path, picture.shape[:2]))
+    masks.append(_foreground(_read_grey(mask_path), picture.shape[:2]))
     class_ids.append(class_id_of(mask_path))
     names.append(relative)
   return images, masks, np.asarray(class_ids, np.int32), names
-
-
-def _read_mask_at(path: str, shape: tuple[int, int]) -> np.ndarray:
-  """A mask PNG (any size and mode) -> [h, w] uint8, 1 where nonzero, resized (nearest)
-  to its image's shape."""
-  try:
-    with Image.open(path) as image:
-      grey = np.asarray(image.convert('L'))
-  except (OSError, SyntaxError, ValueError) as e:
-    raise InputError(f'{path}: not a readable image ({e})') from None
-  return (annotations_lib.resize_nearest(grey, *shape) != 0).astype(np.uint8)

@@ -115,7 +115,6 @@ def make_train_step(g, sampling, arch: head_lib.HeadArch, options: TrainOptions,
 @functools.lru_cache(maxsize=8)
 def _train_step(g, sampling, arch: head_lib.HeadArch, options: TrainOptions, layout):
   tx = optax.adam(options.learning_rate)   # PyTorch's defaults: b1 0.9, b2 0.999, eps 1e-8
-  to_grid = head_lib.grid_resampler(arch, layout) if layout is not None else lambda x: x
 
   def step_fn(state, generator_variables, inputs, masks):
     _, maps, cond = jax.lax.stop_gradient(g.apply(generator_variables, inputs, sampling))
@@ -123,7 +122,9 @@ def _train_step(g, sampling, arch: head_lib.HeadArch, options: TrainOptions, lay
     def loss_fn(params):
       variables = {'params': params, 'sn': state['sn'], 'batch_stats': state['batch_stats']}
       logits, new = head_lib.apply(arch, variables, maps, cond, train=True)
-      member_losses, accuracy = losses(to_grid(logits), masks)
+      if layout is not None:
+        logits = head_lib.logits_to_grid(logits, layout)
+      member_losses, accuracy = losses(logits, masks)
       return member_losses.sum(), (member_losses, accuracy, new)
 
     grads, (member_losses, accuracy, new) = jax.grad(loss_fn, has_aux=True)(state['params'])
@@ -250,10 +251,9 @@ class Labeler(labelers.Labeler):
   def label_fn(self, layout, top_fraction: float, chunk_rows: int) -> labelers.LabelFn:
     del chunk_rows   # the head labels whole images
     arch = self.arch
-    to_grid = head_lib.grid_resampler(arch, layout)
 
     def label(variables, feature_maps, cond):
       logits, _ = head_lib.apply(arch, variables, feature_maps, cond, train=False)
-      return head_lib.label_and_score(to_grid(logits), top_fraction)
+      return head_lib.label_and_score(head_lib.logits_to_grid(logits, layout), top_fraction)
 
     return label

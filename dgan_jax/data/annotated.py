@@ -18,7 +18,6 @@ from typing import Callable
 
 import numpy as np
 from absl import logging
-from PIL import Image
 
 from dgan_jax import io
 from dgan_jax import labelers
@@ -182,20 +181,11 @@ def read_pairs(folder: str, count: int, num_classes: int,
     if not os.path.isfile(picture):
       raise InputError(f'{picture}: missing; the few-shot baseline needs the annotated '
                        f'images 0..{count - 1} next to their masks')
-    image = read_image(picture)
+    image = image_utils.read_rgb(picture)
     images.append(image)
     masks.append(annotations.prepare_mask(annotations.mask_path(folder, i, fmt),
                                           image.shape[:2], num_classes, min_segment_pixels))
   return images, masks, None
-
-
-def read_image(path: str) -> np.ndarray:
-  """An image file -> uint8 [h, w, 3]; InputError naming the file when unreadable."""
-  try:
-    with Image.open(path) as image:
-      return np.asarray(image.convert('RGB'))
-  except (OSError, SyntaxError) as e:
-    raise InputError(f'{path}: not a readable image ({e})') from None
 
 
 def used_folder(config, workdir: str) -> str:

@@ -4,6 +4,16 @@ import numpy as np
 from PIL import Image
 
 from dgan_jax import io
+from dgan_jax.errors import InputError
+
+
+def read_rgb(path: str) -> np.ndarray:
+  """An image file -> uint8 [h, w, 3]; InputError naming the file when unreadable."""
+  try:
+    with Image.open(path) as image:
+      return np.asarray(image.convert('RGB'))
+  except (OSError, SyntaxError) as e:
+    raise InputError(f'{path}: not a readable image ({e})') from None
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

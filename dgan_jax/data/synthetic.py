@@ -58,10 +58,7 @@ def write_layout_annotations(sample_root: str, out_root: str, subset: str) -> st
   if not image_paths:
     raise InputError(f'{sample_root}/images/{subset}: no samples to label (run the sample '
                      'stage first)')
-  pictures = []
-  for path in image_paths:
-    with Image.open(path) as image:
-      pictures.append(np.asarray(image.convert('RGB')))
+  pictures = [image_utils.read_rgb(path) for path in image_paths]
   masks = brightness_masks(np.stack(pictures), 2)
   with io.atomic_dir(out_root) as tmp:
     for path, mask in zip(image_paths, masks):

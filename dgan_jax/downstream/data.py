@@ -24,6 +24,7 @@ from PIL import Image
 from dgan_jax.bigdatasetgan import layout as layout_lib
 from dgan_jax.data import annotated
 from dgan_jax.data import annotations
+from dgan_jax.data import images as image_utils
 from dgan_jax.downstream import deeplab
 from dgan_jax.downstream.metrics import IGNORE_LABEL
 from dgan_jax.errors import InputError
@@ -286,7 +287,7 @@ def read_test_folder(folder: str, num_classes: int, resolution: int,
     if bad.any():
       raise InputError(f'{mask_file}: class id {int(mask[bad][0])} outside 0..{num_classes - 1}'
                        f' (and not the ignore label {IGNORE_LABEL})')
-    image = annotated.read_image(os.path.join(folder, image_name))
+    image = image_utils.read_rgb(os.path.join(folder, image_name))
     images.append(resize_image(image, resolution, resolution))
     labels.append(resize_label(mask, resolution, resolution).astype(np.uint8))
   return LabeledImages([os.path.splitext(n)[0] for n in image_names], np.stack(images),

@@ -91,10 +91,10 @@ def class_setup(config, workdir: str = '') -> tuple[tuple[str, ...], np.ndarray 
 
 def label_map(config, workdir: str) -> data_lib.LabelMap:
   """How the stored labels become the classes of `class_setup`."""
-  _, lookup, _ = class_setup(config, workdir)
   if config.downstream.label_mode == 'class':
     return data_lib.LabelMap(data_lib.binary_lookup(), {
         c: k + 1 for k, (c, _) in enumerate(run_classes(workdir))})
+  _, lookup, _ = class_setup(config, workdir)
   return data_lib.LabelMap(lookup)
 
 
