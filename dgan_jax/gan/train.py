@@ -34,6 +34,7 @@ from dgan_jax.data import images as image_utils
 from dgan_jax.errors import InputError
 from dgan_jax.gan import discriminator
 from dgan_jax.generators import checkpoint
+from dgan_jax.generators import style
 from dgan_jax.generators import stylegan1
 
 
@@ -107,7 +108,7 @@ class _Losses:
   def generate(self, g_params, z, noise_keys):
     """z [B, latent] -> images [B, R, R, 3]."""
     w = stylegan1.mapping(g_params, self.g_arch, z)
-    noise = stylegan1.noise_from_keys(self.g_arch, noise_keys)
+    noise = style.noise_from_keys(self.g_arch, noise_keys)
     return stylegan1.synthesis(g_params, self.g_arch, w, noise)[0]
 
   def generator_loss(self, g_params, d_params, z, noise_keys):
