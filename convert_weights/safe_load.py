@@ -9,11 +9,9 @@ import numpy as np
 from dgan_jax.generators.checkpoint import CheckpointError
 
 
-def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
-  """A PyTorch `.pt`/`.pth` state dict -> {name: float32 array} via weights_only loading.
-
-  A dict wrapping the state dict under 'state_dict' or 'model_state_dict' is unwrapped.
-  """
+def load_torch_object(path: str, safe_globals: tuple = ()):
+  """A PyTorch `.pt`/`.pth` file -> the object it holds, through torch's weights-only
+  unpickler (tensors, containers and the classes in `safe_globals`; nothing executes)."""
   if not os.path.isfile(path):
     raise CheckpointError(f'{path}: no such file')
   try:
@@ -22,7 +20,8 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
     raise CheckpointError(f'{path}: reading PyTorch files needs torch '
                           '(pip install torch); nothing else in dgan_jax does') from None
   try:
-    obj = torch.load(path, map_location='cpu', weights_only=True)
+    with torch.serialization.safe_globals(list(safe_globals)):
+      return torch.load(path, map_location='cpu', weights_only=True)
   except pickle.UnpicklingError as e:
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise CheckpointError(f'{path}: refused or unreadable as a weights-only PyTorch file '
@@ -31,13 +30,26 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
     raise CheckpointError(f'{path}: corrupt or truncated PyTorch file '
                           f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})'
                           ) from None
+
+
+def to_numpy(tensors: dict) -> dict[str, np.ndarray]:
+  """{name: torch tensor or array} -> {name: float32 numpy array}."""
+  return {k: v.detach().cpu().float().numpy() if hasattr(v, 'detach') else np.asarray(v)
+          for k, v in tensors.items()}
+
+
+def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
+  """A PyTorch `.pt`/`.pth` state dict -> {name: float32 array} via weights_only loading.
+
+  A dict wrapping the state dict under 'state_dict' or 'model_state_dict' is unwrapped.
+  """
+  obj = load_torch_object(path)
   for wrapper in ('state_dict', 'model_state_dict'):
     if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
       obj = obj[wrapper]
   if not isinstance(obj, dict):
     raise CheckpointError(f'{path}: expected a state dict, found {type(obj).__name__}')
-  return {k: v.detach().cpu().float().numpy() if hasattr(v, 'detach') else np.asarray(v)
-          for k, v in obj.items()}
+  return to_numpy(obj)
 
 
 class TFNetworkStub:
@@ -77,7 +89,13 @@ _NUMPY_NAMES = ('_reconstruct', 'ndarray', 'dtype', 'scalar', '_frombuffer')
 
 class _DataOnlyUnpickler(pickle.Unpickler):
 
+  def __init__(self, f, extra_globals: dict, **kwargs):
+    super().__init__(f, **kwargs)
+    self.extra_globals = extra_globals
+
   def find_class(self, module, name):
+    if (module, name) in self.extra_globals:
+      return self.extra_globals[(module, name)]
     if (module, name) in _ALLOWED:
       return _ALLOWED[(module, name)]
     if (module in _NUMPY_MODULES and name in _NUMPY_NAMES) or (module, name) in _SAFE_FUNCTIONS:
@@ -86,24 +104,38 @@ class _DataOnlyUnpickler(pickle.Unpickler):
                                  'a checkpoint may only hold networks and arrays')
 
 
-def load_tf_pickle(path: str):
-  """An official NVIDIA StyleGAN pickle -> its (G, D, Gs) tuple of TFNetworkStub, no TF."""
+def load_pickle(path: str, extra_globals: dict | None = None):
+  """A pickle read as data: TF `Network`s become TFNetworkStub, numpy arrays stay arrays,
+  `extra_globals` ((module, name) -> inert stand-in) add what a format needs; every other
+  global is refused by name. CheckpointError naming the file otherwise."""
   if not os.path.isfile(path):
-    raise CheckpointError(f'{path}: no such file')
+    raise CheckpointError(f'{path}: ' + ('a folder, not a file' if os.path.isdir(path)
+                                         else 'no such file'))
   try:
     with open(path, 'rb') as f:
-      obj = _DataOnlyUnpickler(f, encoding='latin1').load()
+      return _DataOnlyUnpickler(f, extra_globals or {}, encoding='latin1').load()
   except pickle.UnpicklingError as e:
     if str(e).startswith('refusing'):
       raise CheckpointError(f'{path}: {e}') from None
     raise CheckpointError(f'{path}: corrupt or truncated pickle ({e})') from None
-  except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+  except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+          MemoryError, OverflowError) as e:
     raise CheckpointError(f'{path}: corrupt or truncated pickle ({type(e).__name__}: {e})'
                           ) from None
-  if not (isinstance(obj, tuple) and len(obj) == 3
-          and all(isinstance(n, TFNetworkStub) for n in obj)):
+
+
+def load_tf_pickle(path: str):
+  """An official NVIDIA StyleGAN pickle -> its (G, D, Gs) tuple of TFNetworkStub, no TF."""
+  obj = load_pickle(path)
+  if not is_tf_networks(obj):
     raise CheckpointError(f'{path}: expected the (G, D, Gs) tuple of an official StyleGAN pickle')
   return obj
+
+
+def is_tf_networks(obj) -> bool:
+  """Whether an unpickled object is the (G, D, Gs) tuple of NVIDIA's TF pickles."""
+  return (isinstance(obj, tuple) and len(obj) == 3
+          and all(isinstance(n, TFNetworkStub) for n in obj))
 
 
 def is_zip(path: str) -> bool:

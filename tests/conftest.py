@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -96,3 +97,29 @@ def as_golden_grid(feature_nhwc) -> np.ndarray:
   x = np.asarray(feature_nhwc).transpose(0, 3, 1, 2)
   width = x.shape[-1]
   return x[:, :, 1::width // 32, 1::width // 32] if width > 32 else x
+
+
+@pytest.fixture
+def fake_dnnlib(monkeypatch):
+  """A stand-in `dnnlib.tflib.network.Network` class so pickle can write official names."""
+  class Network:
+    def __init__(self, state):
+      self._state = state
+
+    def __getstate__(self):
+      return self._state
+
+  module = types.ModuleType('dnnlib.tflib.network')
+  Network.__module__ = 'dnnlib.tflib.network'
+  Network.__qualname__ = 'Network'
+  module.Network = Network
+  for name in ('dnnlib', 'dnnlib.tflib'):
+    monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+  monkeypatch.setitem(sys.modules, 'dnnlib.tflib.network', module)
+  return Network
+
+
+def tf_network(Network, name, variables, components=None, **kwargs):
+  return Network({'version': 4, 'name': name, 'static_kwargs': kwargs,
+                  'components': components or {}, 'build_module_src': 'source code',
+                  'build_func_name': f'G_{name}', 'variables': list(variables.items())})

@@ -2,14 +2,12 @@
 
 import os
 import pickle
-import sys
-import types
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import golden_path, rebuild_stylegan1_state_dict, relative_error
+from conftest import golden_path, rebuild_stylegan1_state_dict, relative_error, tf_network
 from convert_weights import __main__ as convert_cli
 from dgan_jax import generators
 from dgan_jax.generators import stylegan1
@@ -86,40 +84,14 @@ def _to_tf_variables(state):
   return mapping, synthesis
 
 
-@pytest.fixture
-def fake_dnnlib(monkeypatch):
-  """A stand-in `dnnlib.tflib.network.Network` class so pickle can write official names."""
-  class Network:
-    def __init__(self, state):
-      self._state = state
-
-    def __getstate__(self):
-      return self._state
-
-  module = types.ModuleType('dnnlib.tflib.network')
-  Network.__module__ = 'dnnlib.tflib.network'
-  Network.__qualname__ = 'Network'
-  module.Network = Network
-  for name in ('dnnlib', 'dnnlib.tflib'):
-    monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
-  monkeypatch.setitem(sys.modules, 'dnnlib.tflib.network', module)
-  return Network
-
-
-def _network(Network, name, variables, components=None, **kwargs):
-  return Network({'version': 4, 'name': name, 'static_kwargs': kwargs,
-                  'components': components or {}, 'build_module_src': 'source code',
-                  'build_func_name': f'G_{name}', 'variables': list(variables.items())})
-
-
 def test_tf_pickle(tmp_path, golden, state_dict, fake_dnnlib):
   mapping, synthesis = _to_tf_variables(state_dict)
   for j in range(10):
     synthesis[f'noise{j}'] = golden[f'noise{j}'][:1]  # [1, 1, r, r]: sample 0's noise
-  gs = _network(fake_dnnlib, 'G', {'dlatent_avg': golden['avg_latent'][0]}, {
-      'mapping': _network(fake_dnnlib, 'G_mapping', mapping),
-      'synthesis': _network(fake_dnnlib, 'G_synthesis', synthesis, resolution=64)})
-  discriminator = _network(fake_dnnlib, 'D', {'4x4/Dense0/weight': np.zeros((2, 2))})
+  gs = tf_network(fake_dnnlib, 'G', {'dlatent_avg': golden['avg_latent'][0]}, {
+      'mapping': tf_network(fake_dnnlib, 'G_mapping', mapping),
+      'synthesis': tf_network(fake_dnnlib, 'G_synthesis', synthesis, resolution=64)})
+  discriminator = tf_network(fake_dnnlib, 'D', {'4x4/Dense0/weight': np.zeros((2, 2))})
   src = tmp_path / 'karras2019stylegan-test-64x64.pkl'
   with open(src, 'wb') as f:
     pickle.dump((gs, discriminator, gs), f, protocol=2)

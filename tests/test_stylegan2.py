@@ -1,0 +1,348 @@
+"""StyleGAN2: the three checkpoint formats, written here from the official outputs of
+../shared/golden (stylegan2-ada-pytorch and rosinality's code), converted, and matched to
+those outputs; pickles that would run code are refused or read without running it."""
+
+import argparse
+import collections
+import os
+import pickle
+import sys
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from conftest import golden_path, relative_error, tf_network
+from convert_weights import __main__ as convert_cli
+from convert_weights import stylegan2 as convert_stylegan2
+from dgan_jax import generators
+from dgan_jax.generators import base, stylegan2
+
+BOUND = 1e-3   # of each array's range
+
+
+def load_golden(name):
+  d = np.load(golden_path(f'{name}.npz'), allow_pickle=False)
+  golden = {k: d[k] for k in d.files}
+  meta = eval(str(golden.pop('meta')), {})   # a repr of a dict of numbers and strings
+  sd = {k[3:]: v for k, v in golden.items() if k.startswith('sd/')}
+  return meta, sd, golden
+
+
+ADA = ['stylegan2ada_r32_seed0', 'stylegan2ada_r64_seed1']
+
+
+# ----------------------------------------------------------------------------------------
+# Writing the official formats (stand-ins for NVIDIA's and rosinality's classes).
+
+@pytest.fixture
+def fake_persistence(monkeypatch):
+  """`torch_utils.persistence._reconstruct_persistent_obj` as pickle will name it, and a
+  stand-in persistent class: what stylegan2-ada-pytorch's snapshots hold."""
+  module = types.ModuleType('torch_utils.persistence')
+
+  def _reconstruct_persistent_obj(meta):
+    raise AssertionError('the official loader would execute meta["module_src"] here')
+
+  _reconstruct_persistent_obj.__module__ = 'torch_utils.persistence'
+  _reconstruct_persistent_obj.__qualname__ = '_reconstruct_persistent_obj'
+  module._reconstruct_persistent_obj = _reconstruct_persistent_obj
+  monkeypatch.setitem(sys.modules, 'torch_utils', types.ModuleType('torch_utils'))
+  monkeypatch.setitem(sys.modules, 'torch_utils.persistence', module)
+
+  class Persistent:
+    def __init__(self, class_name, state, module_src='# the network source'):
+      self.class_name, self.state, self.module_src = class_name, state, module_src
+
+    def __reduce__(self):
+      return (_reconstruct_persistent_obj, (dict(
+          type='class', version=6, module_src=self.module_src, class_name=self.class_name,
+          state=self.state),))
+
+  return Persistent
+
+
+BUFFERS = ('noise_const', 'resample_filter', 'w_avg')
+
+
+def ada_record(Persistent, sd, init_kwargs, module_src='# networks.py'):
+  """The official state dict -> nested persistent module records (parameters as
+  torch Parameters, buffers as tensors), as a pickled Generator holds them."""
+  def node():
+    return {'training': False, '_parameters': collections.OrderedDict(),
+            '_buffers': collections.OrderedDict(), '_modules': collections.OrderedDict(),
+            '_non_persistent_buffers_set': set(), '_init_args': (), '_init_kwargs': {}}
+  root = node()
+  for name, value in sd.items():
+    *path, leaf = name.split('.')
+    state = root
+    for part in path:
+      state = state['_modules'].setdefault(part, node())
+    tensor = torch.from_numpy(np.array(value))
+    if leaf in BUFFERS:
+      state['_buffers'][leaf] = tensor
+    else:
+      state['_parameters'][leaf] = torch.nn.Parameter(tensor, requires_grad=False)
+
+  def build(state, class_name):
+    state['_modules'] = collections.OrderedDict(
+        (k, build(v, f'training.networks.{k}')) for k, v in state['_modules'].items())
+    return Persistent(class_name, state, module_src)
+  root['_init_kwargs'] = init_kwargs
+  return build(root, 'training.networks.Generator')
+
+
+def ada_init_kwargs(meta):
+  return {'z_dim': meta['z_dim'], 'c_dim': meta['c_dim'], 'w_dim': meta['w_dim'],
+          'img_resolution': meta['img_resolution'], 'img_channels': 3,
+          'mapping_kwargs': {'num_layers': meta['mapping_layers']},
+          'synthesis_kwargs': {'channel_base': meta['channel_base'],
+                               'channel_max': meta['channel_max'], 'num_fp16_res': 0,
+                               'conv_clamp': meta['conv_clamp'], 'architecture': 'skip'}}
+
+
+def write_ada_pickle(path, Persistent, meta, sd, g_ema_src='# networks.py'):
+  g_ema = ada_record(Persistent, sd, ada_init_kwargs(meta), g_ema_src)
+  discriminator = Persistent('training.networks.Discriminator', {
+      '_parameters': collections.OrderedDict(b4=torch.zeros(3)), '_modules': {}})
+  snapshot = {'G': ada_record(Persistent, sd, ada_init_kwargs(meta)), 'D': discriminator,
+              'G_ema': g_ema, 'augment_pipe': None,
+              'training_set_kwargs': {'path': 'cars.zip', 'resolution': meta['img_resolution']}}
+  with open(path, 'wb') as f:
+    pickle.dump(snapshot, f, protocol=3)   # what Python 3.7's pickle.dump wrote
+
+
+def tf_variables(meta, sd):
+  """Official PyTorch state dict -> TF (mapping, synthesis) variables: the inverse of
+  legacy.py's map ([in, out] dense, [kh, kw, in, out] conv, Conv0_up flipped, mod_bias - 1)."""
+  conv = lambda w: w.transpose(2, 3, 1, 0)
+  mapping = {}
+  for i in range(meta['mapping_layers']):
+    mapping[f'Dense{i}/weight'] = sd[f'mapping.fc{i}.weight'].T
+    mapping[f'Dense{i}/bias'] = sd[f'mapping.fc{i}.bias']
+  synthesis, noise = {}, 0
+  resolutions = [2 ** k for k in range(2, int(np.log2(meta['img_resolution'])) + 1)]
+  for r in resolutions:
+    layers = [('Conv', 'conv1')] if r == 4 else [('Conv0_up', 'conv0'), ('Conv1', 'conv1')]
+    if r == 4:
+      synthesis['4x4/Const/const'] = sd['synthesis.b4.const'][None]
+    for tf_layer, ours in layers + [('ToRGB', 'torgb')]:
+      p = f'synthesis.b{r}.{ours}'
+      weight = conv(sd[f'{p}.weight'])
+      synthesis[f'{r}x{r}/{tf_layer}/weight'] = weight[::-1, ::-1] if ours == 'conv0' else weight
+      synthesis[f'{r}x{r}/{tf_layer}/bias'] = sd[f'{p}.bias']
+      synthesis[f'{r}x{r}/{tf_layer}/mod_weight'] = sd[f'{p}.affine.weight'].T
+      synthesis[f'{r}x{r}/{tf_layer}/mod_bias'] = sd[f'{p}.affine.bias'] - 1
+      if ours != 'torgb':
+        synthesis[f'{r}x{r}/{tf_layer}/noise_strength'] = sd[f'{p}.noise_strength']
+        synthesis[f'noise{noise}'] = sd[f'{p}.noise_const'][None, None]
+        noise += 1
+  return mapping, synthesis
+
+
+def write_tf_pickle(path, Network, meta, sd):
+  mapping, synthesis = tf_variables(meta, sd)
+  kwargs = dict(resolution=meta['img_resolution'], fmap_base=meta['channel_base'] // 2,
+                fmap_max=meta['channel_max'], architecture='skip', conv_clamp=meta['conv_clamp'])
+  gs = tf_network(Network, 'G', {'dlatent_avg': sd['mapping.w_avg']}, {
+      'mapping': tf_network(Network, 'G_mapping', mapping, mapping_lrmul=0.01),
+      'synthesis': tf_network(Network, 'G_synthesis', synthesis, **kwargs)}, **kwargs)
+  discriminator = tf_network(Network, 'D', {'4x4/Dense0/weight': np.zeros((2, 2))})
+  with open(path, 'wb') as f:
+    pickle.dump((gs, discriminator, gs), f, protocol=2)
+
+
+# ----------------------------------------------------------------------------------------
+# Parity with the official outputs.
+
+def assert_matches_golden(g, golden, cutoff=8):
+  w = golden['w'] if golden['w'].ndim == 2 else golden['w'][:, 0]   # rosinality: [B, D]
+  assert relative_error(g.map(golden['z'])[:, 0], w) < BOUND
+  w_truncated = g.truncate(g.map(golden['z']), 0.7, cutoff)
+  assert relative_error(w_truncated, golden['w_truncated']) < BOUND
+  image, maps = g.synthesize(golden['w_truncated'], noise='const')
+  assert relative_error(np.asarray(image).transpose(0, 3, 1, 2), golden['image']) < BOUND
+  return maps
+
+
+@pytest.mark.parametrize('name', ADA)
+@pytest.mark.parametrize('fmt', ['ada', 'tf'])
+def test_pickle_parity(tmp_path, name, fmt, fake_persistence, fake_dnnlib):
+  meta, sd, golden = load_golden(name)
+  src = tmp_path / f'{name}.pkl'
+  if fmt == 'ada':
+    write_ada_pickle(src, fake_persistence, meta, sd)
+  else:
+    write_tf_pickle(src, fake_dnnlib, meta, sd)
+  assert convert_cli.main(['stylegan2', str(src), str(tmp_path / 'g')]) == 0
+  g = generators.load(str(tmp_path / 'g'))
+  assert g.arch.conv_clamp == meta['conv_clamp']
+  assert g.arch.channel_base == meta['channel_base'] and not g.arch.channels
+  maps = assert_matches_golden(g, golden)
+  expected_names = [k[len('feature/'):] for k in golden
+                    if k.startswith('feature/') and '.conv' in k]
+  assert g.feature_names == expected_names
+  for spec, fmap in zip(g.feature_specs, maps):
+    reference = golden[f'feature/{spec.name}']
+    assert relative_error(np.asarray(fmap).transpose(0, 3, 1, 2), reference) < BOUND, spec.name
+    assert (spec.channels, spec.height) == reference.shape[1:3]
+  if meta['conv_clamp'] is not None:   # the clamp is reached, so it is exercised
+    assert max(float(np.abs(golden[f'feature/{n}']).max()) for n in expected_names) == \
+        pytest.approx(meta['conv_clamp'])
+
+
+def rosinality_state_dict():
+  meta, sd, golden = load_golden('rosinality_r32_seed0')
+  return meta, {k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, golden
+
+
+@pytest.mark.parametrize('layout', ['converted', 'training'])
+def test_rosinality_parity(tmp_path, layout):
+  meta, sd, golden = rosinality_state_dict()
+  latent_avg = torch.from_numpy(golden['latent_avg'])
+  if layout == 'converted':
+    obj = {'g_ema': sd, 'latent_avg': latent_avg}
+  else:   # train.py's checkpoint: the args Namespace is refused by plain weights_only
+    obj = {'g': sd, 'd': {}, 'g_ema': sd, 'g_optim': {}, 'd_optim': {},
+           'args': argparse.Namespace(size=32, latent=64, n_mlp=2, channel_multiplier=2)}
+  src = tmp_path / 'rosinality.pt'
+  torch.save(obj, src)
+  avg = []
+  if layout == 'training':
+    np.save(tmp_path / 'avg.npy', golden['latent_avg'])
+    avg = ['--avg-latent', str(tmp_path / 'avg.npy')]
+  assert convert_cli.main(['stylegan2', str(src), str(tmp_path / 'g'), *avg]) == 0
+  g = generators.load(str(tmp_path / 'g'))
+  assert [g.arch.channels_at(r) for r in (4, 8, 16, 32)] == [meta['channels'][r] for r in
+                                                             (4, 8, 16, 32)]
+  maps = assert_matches_golden(g, golden, cutoff=g.num_ws)   # no cutoff there
+  names = ['conv1'] + [f'convs.{k}' for k in range(6)]
+  for name, fmap in zip(names, maps, strict=True):
+    assert relative_error(np.asarray(fmap).transpose(0, 3, 1, 2),
+                          golden[f'feature/{name}']) < BOUND, name
+
+
+# ----------------------------------------------------------------------------------------
+# Files that would run code, and files that are wrong.
+
+class _RunsACommand:
+  def __init__(self, command):
+    self.command = command
+
+  def __reduce__(self):
+    return (os.system, (self.command,))
+
+
+def test_pickle_calling_os_system_is_refused(tmp_path, fake_persistence, capsys):
+  meta, sd, _ = load_golden(ADA[0])
+  marker = tmp_path / 'ran'
+  g_ema = ada_record(fake_persistence, sd, ada_init_kwargs(meta))
+  src = tmp_path / 'evil.pkl'
+  with open(src, 'wb') as f:
+    pickle.dump({'G_ema': g_ema, 'augment_pipe': _RunsACommand(f'touch {marker}')}, f,
+                protocol=3)
+  assert convert_cli.main(['stylegan2', str(src), str(tmp_path / 'g')]) == 1
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and str(src) in err and 'system' in err and 'refusing' in err
+  assert not marker.exists() and not (tmp_path / 'g').exists()
+
+
+def test_persistent_source_is_never_executed(tmp_path, fake_persistence):
+  meta, sd, golden = load_golden(ADA[0])
+  marker = tmp_path / 'ran'
+  evil_source = f'import pathlib\npathlib.Path({str(marker)!r}).write_text("ran")\n'
+  src = tmp_path / 'snapshot.pkl'
+  write_ada_pickle(src, fake_persistence, meta, sd, g_ema_src=evil_source)
+  with open(src, 'rb') as f:
+    assert evil_source.encode() in f.read()   # the source is really stored in the file
+  convert_stylegan2.convert(str(src), str(tmp_path / 'g'))
+  assert not marker.exists()
+  assert_matches_golden(generators.load(str(tmp_path / 'g')), golden)
+
+
+def test_persistent_object_that_is_not_a_class_record(tmp_path, fake_persistence, capsys):
+  class Module:
+    def __reduce__(self):
+      return (sys.modules['torch_utils.persistence']._reconstruct_persistent_obj,
+              ({'type': 'function', 'module_src': 'print(1)'},))
+  src = tmp_path / 'odd.pkl'
+  with open(src, 'wb') as f:
+    pickle.dump({'G_ema': Module()}, f, protocol=3)
+  assert convert_cli.main(['stylegan2', str(src), str(tmp_path / 'g')]) == 1
+  assert 'not a (class, state) record' in capsys.readouterr().err
+
+
+def test_bad_files_get_one_line(tmp_path, fake_persistence, capsys):
+  meta, sd, _ = load_golden(ADA[0])
+  good = tmp_path / 'good.pkl'
+  write_ada_pickle(good, fake_persistence, meta, sd)
+  data = good.read_bytes()
+  cases = {'truncated.pkl': data[:len(data) // 2], 'empty.pkl': b'',
+           'foreign.pkl': pickle.dumps({'weights': [1, 2, 3]})}
+  missing = dict(sd)
+  del missing['synthesis.b16.conv1.affine.weight']
+  write_ada_pickle(tmp_path / 'missing.pkl', fake_persistence, meta, missing)
+  nan = dict(sd, **{'synthesis.b8.conv0.weight': np.full_like(sd['synthesis.b8.conv0.weight'],
+                                                               np.nan)})
+  write_ada_pickle(tmp_path / 'nan.pkl', fake_persistence, meta, nan)
+  for name, content in cases.items():
+    (tmp_path / name).write_bytes(content)
+  expected = {'truncated.pkl': 'corrupt or truncated', 'empty.pkl': 'corrupt or truncated',
+              'foreign.pkl': 'neither a stylegan2-ada-pytorch pickle',
+              'missing.pkl': 'synthesis/b16/conv1/affine/weight',
+              'nan.pkl': 'NaN or Inf', 'absent.pkl': 'no such file'}
+  for name, words in expected.items():
+    dst = tmp_path / f'out_{name}'
+    assert convert_cli.main(['stylegan2', str(tmp_path / name), str(dst)]) == 1
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and name in err and words in err, (name, err)
+    assert not dst.exists()
+
+
+# ----------------------------------------------------------------------------------------
+# The generator in the pipeline.
+
+def test_batching_and_feature_specs():
+  """Sample i's image and maps do not depend on the batch it is in (per-sample noise)."""
+  arch = stylegan2.StyleGAN2Arch(resolution=16, z_dim=8, w_dim=8, channel_base=64,
+                                 channel_max=8, mapping_layers=2)
+  g = stylegan2.StyleGAN2Generator.random({'resolution': 16, 'z_dim': 8, 'w_dim': 8,
+                                           'channel_base': 64, 'channel_max': 8,
+                                           'mapping_layers': 2}, seed=0, dtype=jnp.float32)
+  assert g.arch == arch
+  assert [(s.name, s.height, s.channels) for s in g.feature_specs] == [
+      ('b4.conv1', 4, 8), ('b8.conv0', 8, 8), ('b8.conv1', 8, 8), ('b16.conv0', 16, 4),
+      ('b16.conv1', 16, 4)]
+  sampling = base.StyleSampling(0, 8, g.num_ws, 0.7, 8, 'per_sample')
+  variables = g.variables(sampling)
+  inputs = sampling.draw('generate', np.arange(5, dtype=np.uint32))
+  whole, whole_maps, _ = g.apply(variables, inputs, sampling)
+  part, part_maps, _ = g.apply(variables, jax.tree.map(lambda a: a[3:4], inputs), sampling)
+  np.testing.assert_allclose(part[0], whole[3], atol=1e-5)
+  np.testing.assert_allclose(part_maps[-1][0], whole_maps[-1][3], atol=1e-5)
+  bf16 = stylegan2.StyleGAN2Generator(g.arch, g.params, g.avg_latent, g.const_noise,
+                                      dtype=jnp.bfloat16)
+  image16, _ = bf16.synthesize(g.truncate(g.map(inputs['z'])))
+  image32, _ = g.synthesize(g.truncate(g.map(inputs['z'])))
+  assert image16.dtype == jnp.float32 and relative_error(image16, image32) < 0.05
+
+
+def test_conditional_mapping_matches_a_hand_computation():
+  """c_dim > 0: the embedded label is normalised and concatenated to the normalised z."""
+  arch = stylegan2.StyleGAN2Arch(resolution=4, z_dim=3, w_dim=4, c_dim=2, channel_base=16,
+                                 channel_max=4, mapping_layers=1, mapping_lr_multiplier=0.5)
+  params = stylegan2.init_params(arch, jax.random.key(1))
+  z = np.array([[1., -2., 0.5]], np.float32)
+  c = np.array([[0., 1.]], np.float32)
+  w = np.asarray(stylegan2.mapping(params, arch, z, c))
+  m = jax.tree.map(np.asarray, params['mapping'])
+  embed = c @ m['embed']['weight'].T / np.sqrt(2) + m['embed']['bias']
+  norm = lambda v: v / np.sqrt(np.mean(v ** 2, axis=1, keepdims=True) + 1e-8)
+  x = np.concatenate([norm(z), norm(embed)], 1)
+  x = x @ (m['fc0']['weight'] * 0.5 / np.sqrt(7)).T + m['fc0']['bias'] * 0.5
+  x = np.where(x >= 0, x, 0.2 * x) * np.sqrt(2)
+  np.testing.assert_allclose(w[:, 0], x, rtol=1e-5, atol=1e-6)
+  assert w.shape == (1, arch.num_ws, 4)
