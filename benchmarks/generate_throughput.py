@@ -2,10 +2,11 @@
 original's per-image loop, measured in the same run.
 
 Car-sized: StyleGAN (v1) 512 px (fmap_base 8192, fmap_max 512: 16 maps, 5056 channels),
-random weights; features resized to 512x512 and cropped to rows 64:448 (384x512 =
+and StyleGAN2 config-f 512 px (channel_base 32768, channel_max 512: 15 maps, 5504
+channels; the LSUN car model's size), random weights; features resized to 512x512 and cropped to rows 64:448 (384x512 =
 196,608 pixels); 10 members, 20 classes.
 
-  ours      the compiled factory step (dgan_jax.factory.Factory): the first layer folded
+  ours      the compiled factory step, one row per generator, (dgan_jax.factory.Factory): the first layer folded
             into the native maps, chunked rows, majority vote and JS inside.
   original  the original's per-image procedure, re-implemented in PyTorch on this CPU:
             each map upsampled (bilinear, align_corners=False) to 512x512, concatenated
@@ -36,18 +37,24 @@ NUM_MEMBERS, NUM_CLASSES = 10, 20
 FEATURE_SIZE, CROP_ROWS = (512, 512), (64, 448)
 
 
-def _car_generator():
+def _car_generator(family: str = 'stylegan1'):
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
+  from dgan_jax.generators import style  # pylint: disable=import-outside-toplevel
   from dgan_jax.generators import stylegan1  # pylint: disable=import-outside-toplevel
-  arch = stylegan1.StyleGAN1Arch(resolution=512, fmap_base=8192, fmap_max=512)
-  g = stylegan1.StyleGAN1Generator(arch, stylegan1.init_params(arch, jax.random.key(0)),
-                                   const_noise=stylegan1.draw_const_noise(arch, 0))
+  from dgan_jax.generators import stylegan2  # pylint: disable=import-outside-toplevel
+  if family == 'stylegan2':
+    module, arch = stylegan2, stylegan2.StyleGAN2Arch(resolution=512)   # config-f
+  else:
+    module, arch = stylegan1, stylegan1.StyleGAN1Arch(resolution=512, fmap_base=8192,
+                                                      fmap_max=512)
+  g = module.Generator(arch, module.init_params(arch, jax.random.key(0)),
+                       const_noise=style.draw_const_noise(arch, 0))
   g.avg_latent = np.zeros(512, np.float32)
   return g
 
 
-def run_ours(num_images: int) -> dict:
+def run_ours(num_images: int, family: str = 'stylegan1') -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import ml_collections  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
@@ -55,7 +62,7 @@ def run_ours(num_images: int) -> dict:
   from dgan_jax import factory as factory_lib  # pylint: disable=import-outside-toplevel
   from dgan_jax import features as features_lib  # pylint: disable=import-outside-toplevel
   from dgan_jax import interpreter  # pylint: disable=import-outside-toplevel
-  g = _car_generator()
+  g = _car_generator(family)
   data = ml_collections.ConfigDict({'feature_size': FEATURE_SIZE, 'crop_rows': CROP_ROWS})
   layout = features_lib.layout_for(g, data)
   arch = interpreter.InterpreterArch(layout.dim, NUM_CLASSES, NUM_MEMBERS)
@@ -76,7 +83,8 @@ def run_ours(num_images: int) -> dict:
   return {'seconds_per_image': float(np.median(times)), 'first_call_seconds': compile_seconds,
           'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
           'step_temp_gb': memory['temp_bytes'] / 2**30,
-          'step_total_gb': memory['total_bytes'] / 2**30}
+          'step_total_gb': memory['total_bytes'] / 2**30, 'feature_maps': len(layout.channels),
+          'feature_channels': layout.dim}
 
 
 def run_original(num_images: int) -> dict:
@@ -124,9 +132,11 @@ def run_original(num_images: int) -> dict:
           'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
-def _in_subprocess(mode: str, num_images: int, script: str = __file__) -> dict:
+def _in_subprocess(mode: str, num_images: int, script: str = __file__,
+                   family: str = 'stylegan1') -> dict:
+  family_args = ['--family', family] if family != 'stylegan1' else []
   result = subprocess.run([sys.executable, script, '--mode', mode, '--images',
-                           str(num_images)], capture_output=True, text=True, check=False,
+                           str(num_images), *family_args], capture_output=True, text=True, check=False,
                           cwd=os.path.dirname(os.path.dirname(script)))
   if result.returncode != 0:
     raise RuntimeError(f'{mode} ({script}) failed:\n{result.stderr[-3000:]}')
@@ -150,23 +160,30 @@ def main():
   parser.add_argument('--images', type=int, default=3)
   parser.add_argument('--skip-original', action='store_true')
   parser.add_argument('--against', help='a git commit whose step to time in the same run')
+  parser.add_argument('--family', choices=['stylegan1', 'stylegan2'], default='stylegan1',
+                      help='(with --mode ours) the generator of that row')
   args = parser.parse_args()
   if args.mode != 'both':
-    fn = run_ours if args.mode == 'ours' else run_original
-    print(json.dumps(fn(args.images)))
+    result = run_ours(args.images, args.family) if args.mode == 'ours' else run_original(
+        args.images)
+    print(json.dumps(result))
     return
   import jax  # pylint: disable=import-outside-toplevel
   import machine  # pylint: disable=import-outside-toplevel  # benchmarks/machine.py
   print(f'car-sized generate step, {NUM_MEMBERS} members, {NUM_CLASSES} classes, '
         f'384x512 pixels, {jax.devices()[0].platform} x{jax.device_count()}, '
         f'median of {args.images} images; matmul {machine.matmul_gflops():.0f} GFLOP/s')
-  ours = _in_subprocess('ours', args.images)
-  print(f"  dgan_jax step: {ours['seconds_per_image']:.2f} s/image "
-        f"({1 / ours['seconds_per_image']:.2f} images/s; generator + labels + JS), "
-        f"first call incl. compile {ours['first_call_seconds']:.1f} s, "
-        f"peak RSS {ours['peak_rss_gb']:.2f} GB (whole process)")
-  print(f"  compiled step memory per image (XLA): {ours['step_temp_gb']:.2f} GB temporaries, "
-        f"{ours['step_total_gb']:.2f} GB with arguments and outputs")
+  for family in ('stylegan1', 'stylegan2'):
+    row = _in_subprocess('ours', args.images, family=family)
+    print(f"  dgan_jax step, {family} ({row['feature_maps']} maps, {row['feature_channels']} "
+          f"channels): {row['seconds_per_image']:.2f} s/image "
+          f"({1 / row['seconds_per_image']:.2f} images/s; generator + labels + JS), "
+          f"first call incl. compile {row['first_call_seconds']:.1f} s, "
+          f"peak RSS {row['peak_rss_gb']:.2f} GB (whole process)")
+    print(f"    compiled step memory per image (XLA): {row['step_temp_gb']:.2f} GB "
+          f"temporaries, {row['step_total_gb']:.2f} GB with arguments and outputs")
+    if family == 'stylegan1':
+      ours = row
   if args.against:
     before = _at_commit(args.against, args.images)
     print(f"  the step at {args.against}: {before['seconds_per_image']:.2f} s/image, "

@@ -99,24 +99,53 @@ def as_golden_grid(feature_nhwc) -> np.ndarray:
   return x[:, :, 1::width // 32, 1::width // 32] if width > 32 else x
 
 
+class _TFNetwork:
+  """Stands in for `dnnlib.tflib.network.Network` so pickle writes the official name."""
+
+  def __init__(self, state):
+    self._state = state
+
+  def __getstate__(self):
+    return self._state
+
+
+def _reconstruct_persistent_obj(meta):
+  raise AssertionError('the official loader would execute meta["module_src"] here')
+
+
+class Persistent:
+  """A stylegan2-ada-pytorch `torch_utils.persistence` object as it pickles: a call of
+  `_reconstruct_persistent_obj(meta)` with its class name, stored source and state."""
+
+  def __init__(self, class_name, state, module_src='# the network source'):
+    self.class_name, self.state, self.module_src = class_name, state, module_src
+
+  def __reduce__(self):
+    return (_reconstruct_persistent_obj, (dict(
+        type='class', version=6, module_src=self.module_src, class_name=self.class_name,
+        state=self.state),))
+
+
+def stand_in_modules() -> dict[str, types.ModuleType]:
+  """sys.modules entries under which pickle finds the stand-ins by their official names
+  (dnnlib.tflib.network.Network, torch_utils.persistence._reconstruct_persistent_obj)."""
+  modules = {name: types.ModuleType(name) for name in (
+      'dnnlib', 'dnnlib.tflib', 'dnnlib.tflib.network', 'torch_utils',
+      'torch_utils.persistence')}
+  for obj, module, name in ((_TFNetwork, 'dnnlib.tflib.network', 'Network'),
+                            (_reconstruct_persistent_obj, 'torch_utils.persistence',
+                             '_reconstruct_persistent_obj')):
+    obj.__module__, obj.__qualname__ = module, name
+    setattr(modules[module], name, obj)
+  return modules
+
+
 @pytest.fixture
 def fake_dnnlib(monkeypatch):
-  """A stand-in `dnnlib.tflib.network.Network` class so pickle can write official names."""
-  class Network:
-    def __init__(self, state):
-      self._state = state
-
-    def __getstate__(self):
-      return self._state
-
-  module = types.ModuleType('dnnlib.tflib.network')
-  Network.__module__ = 'dnnlib.tflib.network'
-  Network.__qualname__ = 'Network'
-  module.Network = Network
-  for name in ('dnnlib', 'dnnlib.tflib'):
-    monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
-  monkeypatch.setitem(sys.modules, 'dnnlib.tflib.network', module)
-  return Network
+  """The stand-ins of stand_in_modules(), registered for this test; -> the TF Network class."""
+  for name, module in stand_in_modules().items():
+    monkeypatch.setitem(sys.modules, name, module)
+  return _TFNetwork
 
 
 def tf_network(Network, name, variables, components=None, **kwargs):

@@ -3,12 +3,10 @@
 those outputs; pickles that would run code are refused or read without running it."""
 
 import argparse
-import collections
 import json
 import os
 import pickle
 import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +16,9 @@ import torch
 from PIL import Image
 
 from configs import test_sg2
-from conftest import golden_path, relative_error, run_main, tf_network
+from conftest import relative_error, run_main
+from stylegan2_formats import (ada_init_kwargs, ada_record, load_golden, write_ada_pickle,
+                               write_tf_pickle)
 from convert_weights import __main__ as convert_cli
 from convert_weights import stylegan2 as convert_stylegan2
 from dgan_jax import generators
@@ -27,136 +27,11 @@ from dgan_jax.generators import base, stylegan2
 BOUND = 1e-3   # of each array's range
 
 
-def load_golden(name):
-  d = np.load(golden_path(f'{name}.npz'), allow_pickle=False)
-  golden = {k: d[k] for k in d.files}
-  meta = eval(str(golden.pop('meta')), {})   # a repr of a dict of numbers and strings
-  sd = {k[3:]: v for k, v in golden.items() if k.startswith('sd/')}
-  return meta, sd, golden
-
-
 ADA = ['stylegan2ada_r32_seed0', 'stylegan2ada_r64_seed1']
 
 
 # ----------------------------------------------------------------------------------------
 # Writing the official formats (stand-ins for NVIDIA's and rosinality's classes).
-
-@pytest.fixture
-def fake_persistence(monkeypatch):
-  """`torch_utils.persistence._reconstruct_persistent_obj` as pickle will name it, and a
-  stand-in persistent class: what stylegan2-ada-pytorch's snapshots hold."""
-  module = types.ModuleType('torch_utils.persistence')
-
-  def _reconstruct_persistent_obj(meta):
-    raise AssertionError('the official loader would execute meta["module_src"] here')
-
-  _reconstruct_persistent_obj.__module__ = 'torch_utils.persistence'
-  _reconstruct_persistent_obj.__qualname__ = '_reconstruct_persistent_obj'
-  module._reconstruct_persistent_obj = _reconstruct_persistent_obj
-  monkeypatch.setitem(sys.modules, 'torch_utils', types.ModuleType('torch_utils'))
-  monkeypatch.setitem(sys.modules, 'torch_utils.persistence', module)
-
-  class Persistent:
-    def __init__(self, class_name, state, module_src='# the network source'):
-      self.class_name, self.state, self.module_src = class_name, state, module_src
-
-    def __reduce__(self):
-      return (_reconstruct_persistent_obj, (dict(
-          type='class', version=6, module_src=self.module_src, class_name=self.class_name,
-          state=self.state),))
-
-  return Persistent
-
-
-BUFFERS = ('noise_const', 'resample_filter', 'w_avg')
-
-
-def ada_record(Persistent, sd, init_kwargs, module_src='# networks.py'):
-  """The official state dict -> nested persistent module records (parameters as
-  torch Parameters, buffers as tensors), as a pickled Generator holds them."""
-  def node():
-    return {'training': False, '_parameters': collections.OrderedDict(),
-            '_buffers': collections.OrderedDict(), '_modules': collections.OrderedDict(),
-            '_non_persistent_buffers_set': set(), '_init_args': (), '_init_kwargs': {}}
-  root = node()
-  for name, value in sd.items():
-    *path, leaf = name.split('.')
-    state = root
-    for part in path:
-      state = state['_modules'].setdefault(part, node())
-    tensor = torch.from_numpy(np.array(value))
-    if leaf in BUFFERS:
-      state['_buffers'][leaf] = tensor
-    else:
-      state['_parameters'][leaf] = torch.nn.Parameter(tensor, requires_grad=False)
-
-  def build(state, class_name):
-    state['_modules'] = collections.OrderedDict(
-        (k, build(v, f'training.networks.{k}')) for k, v in state['_modules'].items())
-    return Persistent(class_name, state, module_src)
-  root['_init_kwargs'] = init_kwargs
-  return build(root, 'training.networks.Generator')
-
-
-def ada_init_kwargs(meta):
-  return {'z_dim': meta['z_dim'], 'c_dim': meta['c_dim'], 'w_dim': meta['w_dim'],
-          'img_resolution': meta['img_resolution'], 'img_channels': 3,
-          'mapping_kwargs': {'num_layers': meta['mapping_layers']},
-          'synthesis_kwargs': {'channel_base': meta['channel_base'],
-                               'channel_max': meta['channel_max'], 'num_fp16_res': 0,
-                               'conv_clamp': meta['conv_clamp'], 'architecture': 'skip'}}
-
-
-def write_ada_pickle(path, Persistent, meta, sd, g_ema_src='# networks.py'):
-  g_ema = ada_record(Persistent, sd, ada_init_kwargs(meta), g_ema_src)
-  discriminator = Persistent('training.networks.Discriminator', {
-      '_parameters': collections.OrderedDict(b4=torch.zeros(3)), '_modules': {}})
-  snapshot = {'G': ada_record(Persistent, sd, ada_init_kwargs(meta)), 'D': discriminator,
-              'G_ema': g_ema, 'augment_pipe': None,
-              'training_set_kwargs': {'path': 'cars.zip', 'resolution': meta['img_resolution']}}
-  with open(path, 'wb') as f:
-    pickle.dump(snapshot, f, protocol=3)   # what Python 3.7's pickle.dump wrote
-
-
-def tf_variables(meta, sd):
-  """Official PyTorch state dict -> TF (mapping, synthesis) variables: the inverse of
-  legacy.py's map ([in, out] dense, [kh, kw, in, out] conv, Conv0_up flipped, mod_bias - 1)."""
-  conv = lambda w: w.transpose(2, 3, 1, 0)
-  mapping = {}
-  for i in range(meta['mapping_layers']):
-    mapping[f'Dense{i}/weight'] = sd[f'mapping.fc{i}.weight'].T
-    mapping[f'Dense{i}/bias'] = sd[f'mapping.fc{i}.bias']
-  synthesis, noise = {}, 0
-  resolutions = [2 ** k for k in range(2, int(np.log2(meta['img_resolution'])) + 1)]
-  for r in resolutions:
-    layers = [('Conv', 'conv1')] if r == 4 else [('Conv0_up', 'conv0'), ('Conv1', 'conv1')]
-    if r == 4:
-      synthesis['4x4/Const/const'] = sd['synthesis.b4.const'][None]
-    for tf_layer, ours in layers + [('ToRGB', 'torgb')]:
-      p = f'synthesis.b{r}.{ours}'
-      weight = conv(sd[f'{p}.weight'])
-      synthesis[f'{r}x{r}/{tf_layer}/weight'] = weight[::-1, ::-1] if ours == 'conv0' else weight
-      synthesis[f'{r}x{r}/{tf_layer}/bias'] = sd[f'{p}.bias']
-      synthesis[f'{r}x{r}/{tf_layer}/mod_weight'] = sd[f'{p}.affine.weight'].T
-      synthesis[f'{r}x{r}/{tf_layer}/mod_bias'] = sd[f'{p}.affine.bias'] - 1
-      if ours != 'torgb':
-        synthesis[f'{r}x{r}/{tf_layer}/noise_strength'] = sd[f'{p}.noise_strength']
-        synthesis[f'noise{noise}'] = sd[f'{p}.noise_const'][None, None]
-        noise += 1
-  return mapping, synthesis
-
-
-def write_tf_pickle(path, Network, meta, sd):
-  mapping, synthesis = tf_variables(meta, sd)
-  kwargs = dict(resolution=meta['img_resolution'], fmap_base=meta['channel_base'] // 2,
-                fmap_max=meta['channel_max'], architecture='skip', conv_clamp=meta['conv_clamp'])
-  gs = tf_network(Network, 'G', {'dlatent_avg': sd['mapping.w_avg']}, {
-      'mapping': tf_network(Network, 'G_mapping', mapping, mapping_lrmul=0.01),
-      'synthesis': tf_network(Network, 'G_synthesis', synthesis, **kwargs)}, **kwargs)
-  discriminator = tf_network(Network, 'D', {'4x4/Dense0/weight': np.zeros((2, 2))})
-  with open(path, 'wb') as f:
-    pickle.dump((gs, discriminator, gs), f, protocol=2)
-
 
 # ----------------------------------------------------------------------------------------
 # Parity with the official outputs.
@@ -173,13 +48,13 @@ def assert_matches_golden(g, golden, cutoff=8):
 
 @pytest.mark.parametrize('name', ADA)
 @pytest.mark.parametrize('fmt', ['ada', 'tf'])
-def test_pickle_parity(tmp_path, name, fmt, fake_persistence, fake_dnnlib):
+def test_pickle_parity(tmp_path, name, fmt, fake_dnnlib):
   meta, sd, golden = load_golden(name)
   src = tmp_path / f'{name}.pkl'
   if fmt == 'ada':
-    write_ada_pickle(src, fake_persistence, meta, sd)
+    write_ada_pickle(src, meta, sd)
   else:
-    write_tf_pickle(src, fake_dnnlib, meta, sd)
+    write_tf_pickle(src, meta, sd)
   assert convert_cli.main(['stylegan2', str(src), str(tmp_path / 'g')]) == 0
   g = generators.load(str(tmp_path / 'g'))
   assert g.arch.conv_clamp == meta['conv_clamp']
@@ -239,10 +114,10 @@ class _RunsACommand:
     return (os.system, (self.command,))
 
 
-def test_pickle_calling_os_system_is_refused(tmp_path, fake_persistence, capsys):
+def test_pickle_calling_os_system_is_refused(tmp_path, fake_dnnlib, capsys):
   meta, sd, _ = load_golden(ADA[0])
   marker = tmp_path / 'ran'
-  g_ema = ada_record(fake_persistence, sd, ada_init_kwargs(meta))
+  g_ema = ada_record(sd, ada_init_kwargs(meta))
   src = tmp_path / 'evil.pkl'
   with open(src, 'wb') as f:
     pickle.dump({'G_ema': g_ema, 'augment_pipe': _RunsACommand(f'touch {marker}')}, f,
@@ -253,12 +128,12 @@ def test_pickle_calling_os_system_is_refused(tmp_path, fake_persistence, capsys)
   assert not marker.exists() and not (tmp_path / 'g').exists()
 
 
-def test_persistent_source_is_never_executed(tmp_path, fake_persistence):
+def test_persistent_source_is_never_executed(tmp_path, fake_dnnlib):
   meta, sd, golden = load_golden(ADA[0])
   marker = tmp_path / 'ran'
   evil_source = f'import pathlib\npathlib.Path({str(marker)!r}).write_text("ran")\n'
   src = tmp_path / 'snapshot.pkl'
-  write_ada_pickle(src, fake_persistence, meta, sd, g_ema_src=evil_source)
+  write_ada_pickle(src, meta, sd, g_ema_src=evil_source)
   with open(src, 'rb') as f:
     assert evil_source.encode() in f.read()   # the source is really stored in the file
   convert_stylegan2.convert(str(src), str(tmp_path / 'g'))
@@ -266,7 +141,7 @@ def test_persistent_source_is_never_executed(tmp_path, fake_persistence):
   assert_matches_golden(generators.load(str(tmp_path / 'g')), golden)
 
 
-def test_persistent_object_that_is_not_a_class_record(tmp_path, fake_persistence, capsys):
+def test_persistent_object_that_is_not_a_class_record(tmp_path, fake_dnnlib, capsys):
   class Module:
     def __reduce__(self):
       return (sys.modules['torch_utils.persistence']._reconstruct_persistent_obj,
@@ -278,19 +153,19 @@ def test_persistent_object_that_is_not_a_class_record(tmp_path, fake_persistence
   assert 'not a (class, state) record' in capsys.readouterr().err
 
 
-def test_bad_files_get_one_line(tmp_path, fake_persistence, capsys):
+def test_bad_files_get_one_line(tmp_path, fake_dnnlib, capsys):
   meta, sd, _ = load_golden(ADA[0])
   good = tmp_path / 'good.pkl'
-  write_ada_pickle(good, fake_persistence, meta, sd)
+  write_ada_pickle(good, meta, sd)
   data = good.read_bytes()
   cases = {'truncated.pkl': data[:len(data) // 2], 'empty.pkl': b'',
            'foreign.pkl': pickle.dumps({'weights': [1, 2, 3]})}
   missing = dict(sd)
   del missing['synthesis.b16.conv1.affine.weight']
-  write_ada_pickle(tmp_path / 'missing.pkl', fake_persistence, meta, missing)
+  write_ada_pickle(tmp_path / 'missing.pkl', meta, missing)
   nan = dict(sd, **{'synthesis.b8.conv0.weight': np.full_like(sd['synthesis.b8.conv0.weight'],
                                                                np.nan)})
-  write_ada_pickle(tmp_path / 'nan.pkl', fake_persistence, meta, nan)
+  write_ada_pickle(tmp_path / 'nan.pkl', meta, nan)
   for name, content in cases.items():
     (tmp_path / name).write_bytes(content)
   expected = {'truncated.pkl': 'corrupt or truncated', 'empty.pkl': 'corrupt or truncated',

@@ -148,24 +148,51 @@ def mapping(params: Params, arch: StyleGAN2Arch, z: jax.Array,
   return jnp.broadcast_to(x[:, None, :], (x.shape[0], arch.num_ws, x.shape[1]))
 
 
-def _fir_kernel(channels: int, dtype, gain: float) -> jax.Array:
-  """The normalised [1,3,3,1] x [1,3,3,1] filter times `gain`, depthwise: [4, 4, 1, C]."""
-  taps = np.asarray(RESAMPLE_TAPS)
-  kernel = np.outer(taps, taps) / np.outer(taps, taps).sum() * gain
-  return jnp.tile(jnp.asarray(kernel, dtype)[:, :, None, None], (1, 1, 1, channels))
-
-
-def _fir(x, padding, lhs_dilation=(1, 1)):
-  """upfirdn2d with the resample filter (symmetric, so no flip matters), gain 4."""
-  return jax.lax.conv_general_dilated(
-      x, _fir_kernel(x.shape[-1], x.dtype, 4.0), (1, 1), padding, lhs_dilation=lhs_dilation,
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=x.shape[-1])
+def _fir(x, pad: int):
+  """upfirdn2d with the [1,3,3,1] resample filter (normalised, gain 4; symmetric, so its
+  flip does not matter), padding `pad` on each side: [B, H, W, C] -> [B, H+2p-3, W+2p-3, C].
+  Separable: two passes of 4 shifted, weighted adds, which XLA fuses."""
+  taps = np.asarray(RESAMPLE_TAPS) / sum(RESAMPLE_TAPS) * 2   # 1-D taps; 2 x 2 = gain 4
+  x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  for axis in (1, 2):
+    n = x.shape[axis] - len(taps) + 1
+    x = sum(float(t) * jax.lax.slice_in_dim(x, k, k + n, axis=axis) for k, t in enumerate(taps))
+  return x
 
 
 def upsample_image(img: jax.Array) -> jax.Array:
   """upfirdn2d.upsample2d: zero-insertion x2, pad (2, 1), the 4x4 filter: [B, H, W, C] ->
-  [B, 2H, 2W, C]. (Dilation leaves out the last zero row, so the right pad is 2.)"""
-  return _fir(img, ((2, 2), (2, 2)), lhs_dilation=(2, 2))
+  [B, 2H, 2W, C]."""
+  b, h, w, c = img.shape
+  up = jnp.zeros((b, h, 2, w, 2, c), img.dtype).at[:, :, 0, :, 0].set(img)
+  up = jnp.pad(up.reshape(b, 2 * h, 2 * w, c), ((0, 0), (1, 0), (1, 0), (0, 0)))
+  return _fir(up, 1)   # with the pad above: 2 before, 1 after
+
+
+def _transposed_conv2x(x, weight):
+  """conv2d_resample's transposed conv (stride 2, no padding, 3x3 weight [O, I, 3, 3]):
+  [B, H, W, I] -> [B, 2H+1, 2W+1, O], computed per output phase so that no product with
+  an inserted zero is taken: output row 2m is x[m] w[0] + x[m-1] w[2], row 2m+1 is
+  x[m] w[1] (columns alike). One 2x2 conv over x padded by 1 yields the four phases as
+  4*O channels, which interleave into the output (its last row and column dropped)."""
+  o, i = weight.shape[:2]
+  zeros = jnp.zeros_like(weight[:, :, :1, :])
+  # Taps per phase at offsets (0, 1) of the padded input: even (w2, w0), odd (0, w1).
+  rows = {0: jnp.concatenate([weight[:, :, 2:3], weight[:, :, 0:1]], 2),
+          1: jnp.concatenate([zeros, weight[:, :, 1:2]], 2)}
+  kernels = []
+  for row_phase in (0, 1):
+    r = rows[row_phase]                                         # [O, I, 2, 3]
+    zero_col = jnp.zeros_like(r[..., :1])
+    cols = {0: jnp.concatenate([r[..., 2:3], r[..., 0:1]], 3),
+            1: jnp.concatenate([zero_col, r[..., 1:2]], 3)}
+    kernels += [cols[0], cols[1]]                              # [O, I, 2, 2] each
+  kernel = jnp.concatenate(kernels, 0)                          # [(phase, O), I, 2, 2]
+  b, h, w = x.shape[:3]
+  y = jax.lax.conv_general_dilated(
+      x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'OIHW', 'NHWC'))
+  y = y.reshape(b, h + 1, w + 1, 2, 2, o).transpose(0, 1, 3, 2, 4, 5)
+  return y.reshape(b, 2 * h + 2, 2 * w + 2, o)[:, :-1, :-1]
 
 
 def _modulated_conv(x, weight, styles, demodulate: bool, up: bool):
@@ -175,13 +202,7 @@ def _modulated_conv(x, weight, styles, demodulate: bool, up: bool):
   x = x * styles[:, None, None, :].astype(x.dtype)
   k = weight.shape[-1]
   if up:
-    # conv2d_resample's transposed conv (stride 2, no padding) as a conv over the
-    # 2x-dilated input padded by k-1 with the spatially flipped kernel, then the filter
-    # padded by 1 on each side: [B, H, W] -> [B, 2H+1, 2W+1] -> [B, 2H, 2W].
-    x = jax.lax.conv_general_dilated(
-        x, weight[:, :, ::-1, ::-1], (1, 1), ((k - 1, k - 1), (k - 1, k - 1)),
-        lhs_dilation=(2, 2), dimension_numbers=('NHWC', 'OIHW', 'NHWC'))
-    x = _fir(x, ((1, 1), (1, 1)))
+    x = _fir(_transposed_conv2x(x, weight), 1)
   else:
     x = jax.lax.conv_general_dilated(
         x, weight, (1, 1), ((k // 2, k // 2), (k // 2, k // 2)),
