@@ -185,6 +185,18 @@ def from_ada_generator(g_ema: PersistentRecord, source: str):
   return flat, state.get('mapping.w_avg'), noise, hints
 
 
+def _apply_name_map(present: dict[str, np.ndarray], names: dict, source: str) -> dict:
+  """Source arrays -> our flat params through `names` (source name -> (ours, transform));
+  CheckpointError naming every missing and unexpected key, or a misshapen array."""
+  checkpoint.check_source_keys([k for k in names if k not in present],
+                               [k for k in present if k not in names], source, WHAT)
+  try:
+    return {dst: np.asarray(transform(np.asarray(present[src])), np.float32)
+            for src, (dst, transform) in names.items()}
+  except (ValueError, IndexError) as e:
+    raise CheckpointError(f'{source}: a weight of the wrong rank ({e})') from None
+
+
 # ----------------------------------------------------------------------------------------
 # NVIDIA's TF StyleGAN2 pickles.
 
@@ -260,20 +272,11 @@ def from_tf_networks(gs: safe_load.TFNetworkStub, source: str):
     raise CheckpointError(f'{source}: no synthesis/4x4 block or mapping Dense layers found')
   noise_names = {k for k in variables if re.match(r'synthesis/noise\d+$', k)}
   names = _tf_name_map(resolutions, len(dense), 'mapping/LabelEmbed/weight' in variables)
-  present = {k: v for k, v in variables.items() if k not in noise_names}
-  checkpoint.check_source_keys([k for k in names if k not in present],
-                               [k for k in present if k not in names], source, WHAT)
-  try:
-    flat = {dst: np.asarray(transform(present[src]), np.float32)
-            for src, (dst, transform) in names.items()}
-  except (ValueError, IndexError) as e:
-    raise CheckpointError(f'{source}: a TF variable of the wrong rank ({e})') from None
-  layers = [(r, name) for r in resolutions for name in (('conv1',) if r == 4 else
-                                                         ('conv0', 'conv1'))]
-  noise = {}
-  for j, (r, name) in enumerate(layers):
-    if f'synthesis/noise{j}' in variables:
-      noise[f'b{r}.{name}'] = variables[f'synthesis/noise{j}'].transpose(0, 2, 3, 1)
+  flat = _apply_name_map({k: v for k, v in variables.items() if k not in noise_names},
+                         names, source)
+  noise = {f'b{r}.{name}': variables[f'synthesis/noise{j}'].transpose(0, 2, 3, 1)
+           for j, (r, name) in enumerate(stylegan2.synthesis_layers(resolutions))
+           if f'synthesis/noise{j}' in variables}
   hints = {'conv_clamp': kwargs.get('conv_clamp'),
            'mapping_lr_multiplier': {**(gs.state.get('static_kwargs') or {}),
                                      **(components['mapping'].state.get('static_kwargs') or {})
@@ -338,18 +341,11 @@ def from_rosinality(obj, source: str):
     if not _resample_filter_ok(state[k] / 4):
       raise CheckpointError(f'{source}: {k} is not the [1,3,3,1] filter (x4)')
   names = _rosinality_name_map(resolutions, len(mlp))
-  present = {k: v for k, v in state.items() if k not in noise_names | fixed}
-  checkpoint.check_source_keys([k for k in names if k not in present],
-                               [k for k in present if k not in names], source, WHAT)
-  try:
-    flat = {dst: np.asarray(transform(present[src]), np.float32)
-            for src, (dst, transform) in names.items()}
-  except (ValueError, IndexError) as e:
-    raise CheckpointError(f'{source}: a weight of the wrong rank ({e})') from None
-  layers = [(r, name) for r in resolutions for name in (('conv1',) if r == 4 else
-                                                         ('conv0', 'conv1'))]
+  flat = _apply_name_map({k: v for k, v in state.items() if k not in noise_names | fixed},
+                         names, source)
   noise = {f'b{r}.{name}': state[f'noises.noise_{j}'].transpose(0, 2, 3, 1)
-           for j, (r, name) in enumerate(layers) if f'noises.noise_{j}' in state}
+           for j, (r, name) in enumerate(stylegan2.synthesis_layers(resolutions))
+           if f'noises.noise_{j}' in state}
   avg = None if avg is None else safe_load.to_numpy({'avg': avg})['avg']
   return flat, avg, noise, {'conv_clamp': None, 'mapping_lr_multiplier': 0.01,
                             'channel_base': None, 'channel_max': None}

@@ -68,11 +68,12 @@ def test_unknown_config_field_is_named(tmp_path):
     config_lib.selected_stages(config)
 
 
-@pytest.mark.parametrize('name', ['car20', 'car12', 'face34', 'cat16', 'bedroom28'])
+@pytest.mark.parametrize('name', ['car20', 'car12', 'face34', 'cat16', 'bedroom28',
+                                  'car20_sg2', 'ffhq34_sg2'])
 def test_experiment_configs_carry_the_original_numbers(name):
   config = load_config(name)
   expected = {'car20': (20, 16), 'car12': (20, 16), 'face34': (34, 16), 'cat16': (16, 30),
-              'bedroom28': (28, 40)}[name]
+              'bedroom28': (28, 40), 'car20_sg2': (20, 16), 'ffhq34_sg2': (34, 16)}[name]
   assert (config.data.num_classes, config.data.num_annotated) == expected
   assert config.interpreter.num_members == 10
   assert (config.generator.truncation_psi, config.generator.truncation_cutoff) == (0.7, 8)

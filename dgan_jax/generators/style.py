@@ -58,6 +58,16 @@ def jitted(mapping: Callable, synthesis: Callable, arch):
   return map_fn, synth_fn, synth_keys_fn
 
 
+def split_checkpoint(arrays: dict[str, np.ndarray], num_noise: int):
+  """A converted checkpoint's flat arrays -> (flat params, constant noise list (noise/0 ..
+  noise/{num_noise-1}) or None, average W or None)."""
+  params = {k: v for k, v in arrays.items() if k != 'avg_latent' and not k.startswith('noise/')}
+  noise_names = [f'noise/{j}' for j in range(num_noise)]
+  const_noise = [arrays[n] for n in noise_names] if all(n in arrays for n in noise_names) \
+      else None
+  return params, const_noise, arrays.get('avg_latent')
+
+
 def _is_key_array(x) -> bool:
   return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 

@@ -252,15 +252,10 @@ class StyleGAN1Generator(style.StyleGenerator):
   @classmethod
   def from_checkpoint(cls, arch_json, arrays, source, dtype) -> 'StyleGAN1Generator':
     arch = checkpoint.build_arch(StyleGAN1Arch, arch_json, source)
-    params = {k: v for k, v in arrays.items()
-              if k != 'avg_latent' and not k.startswith('noise/')}
+    params, const_noise, avg_latent = style.split_checkpoint(arrays, arch.num_ws)
     checkpoint.check_names_and_shapes(params, param_shapes(arch), source)
-    noise_names = [f'noise/{j}' for j in range(arch.num_ws)]
-    const_noise = None
-    if all(n in arrays for n in noise_names):
-      const_noise = [arrays[n] for n in noise_names]
-    return cls(arch, unflatten(params), avg_latent=arrays.get('avg_latent'),
-               const_noise=const_noise, dtype=dtype)
+    return cls(arch, unflatten(params), avg_latent=avg_latent, const_noise=const_noise,
+               dtype=dtype)
 
   @classmethod
   def random(cls, arch_kwargs, seed, dtype) -> 'StyleGAN1Generator':

@@ -43,6 +43,12 @@ EPS = 1e-8                        # normalize_2nd_moment and demodulation
 RESAMPLE_TAPS = (1., 3., 3., 1.)  # the [1,3,3,1] resample filter
 
 
+def synthesis_layers(resolutions: Sequence[int]) -> list[tuple[int, str]]:
+  """(resolution, 'conv0' | 'conv1') of every synthesis layer, in order (b4: conv1 only)."""
+  return [(r, name) for r in resolutions for name in (('conv1',) if r == 4 else
+                                                      ('conv0', 'conv1'))]
+
+
 @dataclasses.dataclass(frozen=True)
 class StyleGAN2Arch:
   """Everything needed to rebuild the network besides its weights.
@@ -103,9 +109,7 @@ class StyleGAN2Arch:
 
   @property
   def layers(self) -> list[tuple[int, str]]:
-    """(resolution, 'conv0' | 'conv1') of every synthesis layer, in order."""
-    return [(r, name) for r in self.resolutions
-            for name in (('conv1',) if r == 4 else ('conv0', 'conv1'))]
+    return synthesis_layers(self.resolutions)
 
   @property
   def noise_shapes(self) -> list[tuple[int, int]]:
@@ -339,16 +343,11 @@ class StyleGAN2Generator(style.StyleGenerator):
     if isinstance(arch_json.get('channels'), list):
       arch_json['channels'] = tuple(arch_json['channels'])
     arch = checkpoint.build_arch(StyleGAN2Arch, arch_json, source)
-    params = {k: v for k, v in arrays.items()
-              if k != 'avg_latent' and not k.startswith('noise/')}
+    params, const_noise, avg_latent = style.split_checkpoint(arrays, len(arch.noise_shapes))
     checkpoint.check_names_and_shapes(params, param_shapes(arch), source)
-    noise_names = [f'noise/{j}' for j in range(len(arch.noise_shapes))]
-    const_noise = None
-    if all(n in arrays for n in noise_names):
-      const_noise = [arrays[n] for n in noise_names]
-    check_extras(arch, arrays.get('avg_latent'), const_noise, source)
-    return cls(arch, unflatten(params), avg_latent=arrays.get('avg_latent'),
-               const_noise=const_noise, dtype=dtype)
+    check_extras(arch, avg_latent, const_noise, source)
+    return cls(arch, unflatten(params), avg_latent=avg_latent, const_noise=const_noise,
+               dtype=dtype)
 
   @classmethod
   def random(cls, arch_kwargs, seed, dtype) -> 'StyleGAN2Generator':
