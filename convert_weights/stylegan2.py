@@ -160,9 +160,10 @@ def _resample_filter_ok(f) -> bool:
 
 def from_ada_generator(g_ema: PersistentRecord, source: str):
   """G_ema record -> (flat params, avg_latent, noise list, arch hints)."""
-  kwargs = g_ema.state.get('_init_kwargs') or {}
-  synthesis_kwargs = kwargs.get('synthesis_kwargs') or {}
-  mapping_kwargs = kwargs.get('mapping_kwargs') or {}
+  as_dict = lambda value: value if isinstance(value, dict) else {}
+  kwargs = as_dict(g_ema.state.get('_init_kwargs'))
+  synthesis_kwargs = as_dict(kwargs.get('synthesis_kwargs'))
+  mapping_kwargs = as_dict(kwargs.get('mapping_kwargs'))
   architecture = synthesis_kwargs.get('architecture', 'skip')
   if architecture != 'skip':
     raise CheckpointError(f"{source}: G_ema uses the '{architecture}' synthesis "
@@ -170,7 +171,9 @@ def from_ada_generator(g_ema: PersistentRecord, source: str):
   state = module_state_dict(g_ema)
   flat, noise = {}, {}
   for name, value in state.items():
-    value = np.asarray(value, np.float32)
+    if not (isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.number)):
+      raise CheckpointError(f'{source}: G_ema.{name} is not a numeric tensor')
+    value = value.astype(np.float32)
     if name.endswith('resample_filter'):
       if not _resample_filter_ok(value):
         raise CheckpointError(f'{source}: {name} is not the [1,3,3,1] filter')
@@ -362,26 +365,27 @@ def infer_arch(flat: dict[str, np.ndarray], hints: dict, source: str) -> stylega
   mapping_layers = sum(1 for k in flat if re.match(r'mapping/fc\d+/weight$', k))
   if not resolutions or 'mapping/fc0/weight' not in flat:
     raise CheckpointError(f'{source}: no synthesis.b*.conv1 or mapping.fc0 weights')
-  channels = {r: int(flat[f'synthesis/b{r}/conv1/weight'].shape[0]) for r in resolutions}
-  c_dim = int(flat['mapping/embed/weight'].shape[1]) if 'mapping/embed/weight' in flat else 0
-  w_dim = int(flat['mapping/fc0/weight'].shape[0])
-  z_dim = int(flat['mapping/fc0/weight'].shape[1]) - (w_dim if c_dim else 0)
   resolution = max(resolutions)
-  fields = dict(resolution=resolution, z_dim=z_dim, w_dim=w_dim, c_dim=c_dim,
-                mapping_layers=mapping_layers, conv_clamp=hints['conv_clamp'],
-                mapping_lr_multiplier=float(hints['mapping_lr_multiplier']),
-                img_channels=int(flat[f'synthesis/b{resolution}/torgb/weight'].shape[0]))
-  channel_max = hints['channel_max'] or max(channels.values())
-  smaller = [r for r in resolutions if channels[r] < channel_max]
-  channel_base = hints['channel_base'] or (channels[smaller[0]] * smaller[0] if smaller
-                                           else channel_max * resolution)
   try:
+    channels = {r: int(flat[f'synthesis/b{r}/conv1/weight'].shape[0]) for r in resolutions}
+    c_dim = int(flat['mapping/embed/weight'].shape[1]) if 'mapping/embed/weight' in flat else 0
+    w_dim = int(flat['mapping/fc0/weight'].shape[0])
+    z_dim = int(flat['mapping/fc0/weight'].shape[1]) - (w_dim if c_dim else 0)
+    fields = dict(resolution=resolution, z_dim=z_dim, w_dim=w_dim, c_dim=c_dim,
+                  mapping_layers=mapping_layers, conv_clamp=hints['conv_clamp'],
+                  mapping_lr_multiplier=float(hints['mapping_lr_multiplier']),
+                  img_channels=int(flat[f'synthesis/b{resolution}/torgb/weight'].shape[0]))
+    channel_max = hints['channel_max'] or max(channels.values())
+    smaller = [r for r in resolutions if channels[r] < channel_max]
+    channel_base = hints['channel_base'] or (channels[smaller[0]] * smaller[0] if smaller
+                                             else channel_max * resolution)
     arch = stylegan2.StyleGAN2Arch(channel_base=int(channel_base),
                                    channel_max=int(channel_max), **fields)
     if [arch.channels_at(r) for r in resolutions] != [channels[r] for r in resolutions]:
       arch = stylegan2.StyleGAN2Arch(channels=tuple(channels[r] for r in resolutions), **fields)
-  except (TypeError, ValueError) as e:
-    raise CheckpointError(f'{source}: not a StyleGAN2 generator ({e})') from None
+  except (TypeError, ValueError, KeyError, IndexError) as e:
+    raise CheckpointError(f'{source}: not a StyleGAN2 generator ({type(e).__name__}: {e})'
+                          ) from None
   if arch.resolutions != resolutions:
     raise CheckpointError(f'{source}: synthesis blocks {resolutions} are not 4, 8, ... '
                           f'{resolution}')

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from configs import test_sg2
-from conftest import relative_error, run_main
+from conftest import relative_error, run_main, tf_network
 from stylegan2_formats import (ada_init_kwargs, ada_record, load_golden, write_ada_pickle,
                                write_tf_pickle)
 from convert_weights import __main__ as convert_cli
@@ -168,10 +168,23 @@ def test_bad_files_get_one_line(tmp_path, fake_dnnlib, capsys):
   write_ada_pickle(tmp_path / 'nan.pkl', meta, nan)
   for name, content in cases.items():
     (tmp_path / name).write_bytes(content)
+  kwargs = ada_init_kwargs(meta)
+  kwargs['synthesis_kwargs']['architecture'] = 'resnet'
+  with open(tmp_path / 'resnet.pkl', 'wb') as f:
+    pickle.dump({'G_ema': ada_record(sd, kwargs)}, f, protocol=3)
+  gs = tf_network(fake_dnnlib, 'G', {}, {'mapping': tf_network(fake_dnnlib, 'G_mapping', {})})
+  with open(tmp_path / 'tf_without_synthesis.pkl', 'wb') as f:
+    pickle.dump((gs, gs, gs), f, protocol=2)
+  torch.save({'generator': {'w': torch.ones(2)}}, tmp_path / 'foreign.pt')
+  (tmp_path / 'folder.pkl').mkdir()
   expected = {'truncated.pkl': 'corrupt or truncated', 'empty.pkl': 'corrupt or truncated',
               'foreign.pkl': 'neither a stylegan2-ada-pytorch pickle',
               'missing.pkl': 'synthesis/b16/conv1/affine/weight',
-              'nan.pkl': 'NaN or Inf', 'absent.pkl': 'no such file'}
+              'nan.pkl': 'NaN or Inf', 'absent.pkl': 'no such file',
+              'resnet.pkl': "'resnet' synthesis architecture",
+              'tf_without_synthesis.pkl': 'no mapping/synthesis networks',
+              'foreign.pt': 'not a rosinality stylegan2-pytorch checkpoint',
+              'folder.pkl': 'a folder'}
   for name, words in expected.items():
     dst = tmp_path / f'out_{name}'
     assert convert_cli.main(['stylegan2', str(tmp_path / name), str(dst)]) == 1

@@ -173,25 +173,22 @@ def upsample_image(img: jax.Array) -> jax.Array:
   return _fir(up, 1)   # with the pad above: 2 before, 1 after
 
 
+# _PHASE_TAPS[phase, offset, tap]: along one axis, output 2m (phase 0) of the stride-2
+# transposed conv is x[m-1] w[2] + x[m] w[0], output 2m+1 (phase 1) is x[m] w[1]; x[m-1]
+# and x[m] sit at offsets 0 and 1 of a 2-tap window over x padded by 1.
+_PHASE_TAPS = np.zeros((2, 2, 3), np.float32)
+_PHASE_TAPS[0, 0, 2] = _PHASE_TAPS[0, 1, 0] = _PHASE_TAPS[1, 1, 1] = 1
+
+
 def _transposed_conv2x(x, weight):
-  """conv2d_resample's transposed conv (stride 2, no padding, 3x3 weight [O, I, 3, 3]):
+  """conv2d_resample's transposed conv (stride 2, no padding, weight [O, I, 3, 3]):
   [B, H, W, I] -> [B, 2H+1, 2W+1, O], computed per output phase so that no product with
-  an inserted zero is taken: output row 2m is x[m] w[0] + x[m-1] w[2], row 2m+1 is
-  x[m] w[1] (columns alike). One 2x2 conv over x padded by 1 yields the four phases as
-  4*O channels, which interleave into the output (its last row and column dropped)."""
-  o, i = weight.shape[:2]
-  zeros = jnp.zeros_like(weight[:, :, :1, :])
-  # Taps per phase at offsets (0, 1) of the padded input: even (w2, w0), odd (0, w1).
-  rows = {0: jnp.concatenate([weight[:, :, 2:3], weight[:, :, 0:1]], 2),
-          1: jnp.concatenate([zeros, weight[:, :, 1:2]], 2)}
-  kernels = []
-  for row_phase in (0, 1):
-    r = rows[row_phase]                                         # [O, I, 2, 3]
-    zero_col = jnp.zeros_like(r[..., :1])
-    cols = {0: jnp.concatenate([r[..., 2:3], r[..., 0:1]], 3),
-            1: jnp.concatenate([zero_col, r[..., 1:2]], 3)}
-    kernels += [cols[0], cols[1]]                              # [O, I, 2, 2] each
-  kernel = jnp.concatenate(kernels, 0)                          # [(phase, O), I, 2, 2]
+  an inserted zero is taken: one 2x2 conv yields the four (row, column) phases as 4*O
+  channels, which interleave into the output (its extra last row and column dropped)."""
+  o = weight.shape[0]
+  taps = jnp.asarray(_PHASE_TAPS, weight.dtype)
+  kernel = jnp.einsum('pak,qbl,oikl->pqoiab', taps, taps, weight).reshape(
+      4 * o, weight.shape[1], 2, 2)
   b, h, w = x.shape[:3]
   y = jax.lax.conv_general_dilated(
       x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'OIHW', 'NHWC'))
