@@ -32,10 +32,14 @@ config.downstream.pretrained_backbone, or a torchvision deeplabv3_resnet* state 
 
 import argparse
 import importlib
+import os
 import pkgutil
+import shutil
 import sys
+import tempfile
 
 import convert_weights
+from dgan_jax import io
 from dgan_jax.generators.checkpoint import CheckpointError
 
 NOT_CONVERTERS = ('__main__', 'safe_load')
@@ -43,27 +47,73 @@ NOT_CONVERTERS = ('__main__', 'safe_load')
 
 def converters() -> dict:
   """Subcommand name -> converter module: every module of this package that defines
-  HELP, add_arguments(parser) and run(args) -> message (a new format adds its module)."""
+  HELP, OUTPUT_META (the JSON file its DST folder holds), add_arguments(parser) with
+  `src` and `dst`, and run(args) -> message (a new format adds its module)."""
   found = {}
   for info in pkgutil.iter_modules(convert_weights.__path__):
     if info.name in NOT_CONVERTERS:
       continue
     module = importlib.import_module(f'convert_weights.{info.name}')
-    if all(hasattr(module, name) for name in ('HELP', 'add_arguments', 'run')):
+    if all(hasattr(module, name) for name in ('HELP', 'OUTPUT_META', 'add_arguments', 'run')):
       found[info.name] = module
   return found
 
 
+def check_destination(dst: str, output_meta: str, overwrite: bool) -> None:
+  """DST may be new, or a converted checkpoint of the same kind (holding `output_meta`)
+  when --overwrite is given; anything else is refused before anything is written."""
+  if not os.path.lexists(dst):
+    return
+  if not os.path.isdir(dst) or os.path.islink(dst) or not os.path.isfile(
+      os.path.join(dst, output_meta)):
+    raise CheckpointError(f'{dst}: exists and is not a converted checkpoint of this kind '
+                          f'(no {output_meta}); give a new DST (nothing was changed)')
+  if not overwrite:
+    raise CheckpointError(f'{dst}: a converted checkpoint is already there; pass '
+                          '--overwrite to replace it')
+
+
+def convert(module, args) -> str:
+  """Runs the converter into a fresh temporary folder beside DST, then moves the result
+  into place: a failed conversion leaves DST as it was."""
+  dst = os.path.abspath(args.dst)
+  check_destination(dst, module.OUTPUT_META, args.overwrite)
+  parent = os.path.dirname(dst)
+  try:
+    os.makedirs(parent, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix=f'.{os.path.basename(dst)}.', suffix=io.PARTIAL,
+                               dir=parent)
+  except OSError as e:
+    raise CheckpointError(f'{args.dst}: cannot write there ({e.strerror})') from None
+  given, args.dst = args.dst, os.path.join(scratch, 'out')
+  try:
+    message = module.run(args)
+    io.replace_dir(args.dst, dst)
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
+  return message.replace(args.dst, given)
+
+
+class _OneLineErrors(argparse.ArgumentParser):
+  """Usage mistakes (a bad option value, a missing SRC) end in one line."""
+
+  def error(self, message):
+    self.exit(2, f'error: {self.prog}: {message}\n')
+
+
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m convert_weights', description=__doc__,
+  parser = _OneLineErrors(prog='python -m convert_weights', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   formats = parser.add_subparsers(dest='format', required=True)
   modules = converters()
   for name, module in sorted(modules.items()):
-    module.add_arguments(formats.add_parser(name, help=module.HELP))
+    subparser = formats.add_parser(name, help=module.HELP)
+    module.add_arguments(subparser)
+    subparser.add_argument('--overwrite', action='store_true',
+                           help='replace DST when it is a converted checkpoint of this kind')
   args = parser.parse_args(argv)
   try:
-    print(modules[args.format].run(args))
+    print(convert(modules[args.format], args))
   except CheckpointError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

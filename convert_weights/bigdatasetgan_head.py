@@ -23,6 +23,7 @@ import os
 
 import numpy as np
 
+import convert_weights
 from convert_weights import safe_load
 from dgan_jax.bigdatasetgan import head as head_lib
 from dgan_jax.generators import biggan
@@ -133,6 +134,7 @@ def convert(src: str, dst: str, generator_dir: str | None = None,
   return {'arch': head_arch.to_json(), **info}
 
 
+OUTPUT_META = 'head.json'
 HELP = "BigDatasetGAN's trained segmentation head (train.py's checkpoint_latest.pth)"
 
 
@@ -141,12 +143,12 @@ def add_arguments(parser) -> None:
   parser.add_argument('dst')
   parser.add_argument('--generator', help='the converted BigGAN directory the head was '
                       "trained on (default: BigGAN-512's architecture)")
-  parser.add_argument('--group-sizes', default='32,128,512',
+  parser.add_argument('--group-sizes', type=convert_weights.positive_ints,
+                      default=(32, 128, 512),
                       help="feature group sizes (default BigGAN-512's 32,128,512)")
 
 
 def run(args) -> str:
-  sizes = tuple(int(s) for s in args.group_sizes.split(','))
-  info = convert(args.src, args.dst, args.generator, sizes)
+  info = convert(args.src, args.dst, args.generator, args.group_sizes)
   return (f'wrote {args.dst} (head: group channels {info["arch"]["group_channels"]}, '
           f'{info["arch"]["num_outputs"]} output)')

@@ -25,6 +25,7 @@ from dgan_jax.generators import biggan
 from dgan_jax.generators import biggan_deep
 from dgan_jax.generators import checkpoint
 from dgan_jax.generators.checkpoint import CheckpointError
+import convert_weights
 from convert_weights import safe_load
 
 # Spectral-norm epsilon of BigDatasetGAN's BigGAN config (SN_eps); it only matters when
@@ -379,6 +380,7 @@ def convert(src: str, dst: str, config_path: str | None = None, bn_eps: float | 
   return info
 
 
+OUTPUT_META = 'generator.json'
 HELP = 'BigGAN: BigGAN-PyTorch .pth or pytorch-pretrained-biggan BigGAN-deep .bin'
 
 
@@ -388,9 +390,9 @@ def add_arguments(parser) -> None:
   parser.add_argument('--config', help="BigGAN-deep only: the package's config.json (default: "
                       'config.json in a directory SRC; else inferred, blocks 1, 3, ... '
                       'upsample)')
-  parser.add_argument('--bn-eps', type=float, default=None,
+  parser.add_argument('--bn-eps', type=convert_weights.positive_float, default=None,
                       help='batch-norm epsilon (default 1e-4, or the config.json value)')
-  parser.add_argument('--sn-eps', type=float, default=1e-4,
+  parser.add_argument('--sn-eps', type=convert_weights.positive_float, default=1e-4,
                       help='BigGAN-PyTorch SN_eps of the folded power iteration (default 1e-4)')
 
 

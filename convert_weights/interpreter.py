@@ -80,6 +80,10 @@ def from_state_dicts(state_dicts: list[dict[str, np.ndarray]], sources: list[str
       if (index, field) not in layers:
         raise CheckpointError(f'{source}: missing module.layers.{index}.{field}')
       value = layers.pop((index, field))
+      rank = 2 if ours.endswith('/weight') else 1
+      if value.ndim != rank:
+        raise CheckpointError(f'{source}: module.layers.{index}.{field} has shape '
+                              f'{list(value.shape)}; expected {rank} dimension(s)')
       flat[ours] = change(value) if change is not None else value
     if layers:
       extra = ', '.join(f'layers.{i}.{f}' for i, f in sorted(layers))
@@ -117,6 +121,7 @@ def convert(src: str, dst: str) -> dict:
           'num_classes': arch.num_classes}
 
 
+OUTPUT_META = 'interpreter.json'
 HELP = "DatasetGAN's model_{i}.pth pixel classifiers -> one stacked ensemble"
 
 

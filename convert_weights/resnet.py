@@ -21,6 +21,7 @@ import re
 
 import numpy as np
 
+import convert_weights
 from convert_weights import safe_load
 from dgan_jax import io
 from dgan_jax.downstream import deeplab
@@ -158,6 +159,7 @@ def convert(src: str, dst: str, aspp_rates: tuple[int, ...] | None = None) -> di
             'arch': arch.to_json(), 'source': os.path.abspath(src), **info}
   if info['contains'] == 'backbone':
     record['arch'].update(num_classes=0)
+  checkpoint.check_finite(flat, src)
   dst = os.path.abspath(dst)
   os.makedirs(os.path.dirname(dst), exist_ok=True)
   with io.atomic_dir(dst) as tmp:
@@ -166,19 +168,19 @@ def convert(src: str, dst: str, aspp_rates: tuple[int, ...] | None = None) -> di
   return record
 
 
+OUTPUT_META = 'resnet.json'
 HELP = 'torchvision ResNet (DeepLab backbone) or DeepLabV3 state dict'
 
 
 def add_arguments(parser) -> None:
   parser.add_argument('src')
   parser.add_argument('dst')
-  parser.add_argument('--aspp-rates', help='DeepLabV3 only: comma-separated ASPP dilation '
+  parser.add_argument('--aspp-rates', type=convert_weights.positive_ints, help='DeepLabV3 only: comma-separated ASPP dilation '
                       "rates (weights do not store them; default torchvision's 12,24,36)")
 
 
 def run(args) -> str:
-  rates = tuple(int(r) for r in args.aspp_rates.split(',')) if args.aspp_rates else None
-  info = convert(args.src, args.dst, rates)
+  info = convert(args.src, args.dst, args.aspp_rates)
   arch = info['arch']
   return (f'wrote {args.dst} ({info["contains"]}: stage_sizes {tuple(arch["stage_sizes"])}, '
           f'width {arch["width"]}; dropped {len(info["dropped"])} keys)')

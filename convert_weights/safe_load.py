@@ -9,11 +9,33 @@ import numpy as np
 from dgan_jax.generators.checkpoint import CheckpointError
 
 
-def load_torch_object(path: str, safe_globals: tuple = ()):
-  """A PyTorch `.pt`/`.pth` file -> the object it holds, through torch's weights-only
-  unpickler (tensors, containers and the classes in `safe_globals`; nothing executes)."""
+def check_file(path: str) -> None:
+  """CheckpointError unless `path` is a regular file."""
+  if os.path.isdir(path):
+    raise CheckpointError(f'{path}: a folder; give the checkpoint file')
   if not os.path.isfile(path):
     raise CheckpointError(f'{path}: no such file')
+
+
+def check_zip_crcs(path: str) -> None:
+  """A zip-format `.pt` whose stored CRCs do not match its bytes is refused (torch itself
+  does not check them: a flipped tensor byte would load silently)."""
+  try:
+    with zipfile.ZipFile(path) as archive:
+      bad = archive.testzip()
+  except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+    raise CheckpointError(f'{path}: corrupt or truncated zip archive ({e})') from None
+  if bad is not None:
+    raise CheckpointError(f'{path}: corrupt: the bytes of {bad} do not match their CRC')
+
+
+def load_torch_object(path: str, safe_globals: tuple = ()):
+  """A PyTorch `.pt`/`.pth` file -> the object it holds, through torch's weights-only
+  unpickler (tensors, containers and the classes in `safe_globals`; nothing executes).
+  Zip-format files have their CRCs checked first."""
+  check_file(path)
+  if zipfile.is_zipfile(path):
+    check_zip_crcs(path)
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
@@ -32,10 +54,20 @@ def load_torch_object(path: str, safe_globals: tuple = ()):
                           ) from None
 
 
-def to_numpy(tensors: dict) -> dict[str, np.ndarray]:
-  """{name: torch tensor or array} -> {name: float32 numpy array}."""
-  return {k: v.detach().cpu().float().numpy() if hasattr(v, 'detach') else np.asarray(v)
-          for k, v in tensors.items()}
+def to_numpy(tensors: dict, source: str) -> dict[str, np.ndarray]:
+  """{name: torch tensor or numeric array} -> {name: float32 numpy array}; CheckpointError
+  naming `source` and the entry for anything else (a string, a nested object)."""
+  out = {}
+  for name, value in tensors.items():
+    if hasattr(value, 'detach'):   # a torch tensor
+      out[name] = value.detach().cpu().float().numpy()
+      continue
+    array = np.asarray(value) if isinstance(value, (int, float, np.ndarray, np.number)) else None
+    if array is None or not np.issubdtype(array.dtype, np.number):
+      raise CheckpointError(f'{source}: entry {name!r} is a {type(value).__name__}, not a '
+                            'numeric tensor')
+    out[name] = array.astype(np.float32)
+  return out
 
 
 def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -49,26 +81,62 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
       obj = obj[wrapper]
   if not isinstance(obj, dict):
     raise CheckpointError(f'{path}: expected a state dict, found {type(obj).__name__}')
-  return to_numpy(obj)
+  return to_numpy(obj, path)
 
 
 class TFNetworkStub:
   """Stands in for `dnnlib.tflib.network.Network`: keeps the pickled state as data."""
 
-  def __setstate__(self, state: dict):
+  def __setstate__(self, state):
     self.state = state
 
   @property
   def name(self) -> str:
-    return self.state.get('name', '')
+    return self.state.get('name', '') if isinstance(self.state, dict) else ''
 
   @property
   def components(self) -> dict:
-    return self.state.get('components', {})
+    return self.state.get('components', {}) if isinstance(self.state, dict) else {}
 
   @property
   def variables(self) -> dict[str, np.ndarray]:
     return {name: np.asarray(value) for name, value in self.state.get('variables', [])}
+
+
+def tf_generator_variables(gs, source: str) -> tuple[dict[str, np.ndarray],
+                                                     dict[str, np.ndarray], dict]:
+  """Gs of a TF StyleGAN pickle -> ({'mapping/<name>' | 'synthesis/<name>': float32
+  array}, Gs's own variables ('dlatent_avg', ...), static kwargs of Gs merged with its
+  networks'). CheckpointError naming `source` for every structural fault."""
+  def network_state(net, what):
+    if not isinstance(net, TFNetworkStub) or not isinstance(net.state, dict):
+      raise CheckpointError(f'{source}: {what} is not a TF network record (its state is '
+                            f'{type(getattr(net, "state", net)).__name__})')
+    pairs = net.state.get('variables', [])
+    if not isinstance(pairs, list) or not all(
+        isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[0], str) for p in pairs):
+      raise CheckpointError(f'{source}: {what} variables are not a list of (name, array)')
+    arrays = {}
+    for name, value in pairs:
+      array = np.asarray(value)
+      if not np.issubdtype(array.dtype, np.number):
+        raise CheckpointError(f'{source}: {what} variable {name} is not numeric')
+      arrays[name] = array.astype(np.float32)
+    kwargs = net.state.get('static_kwargs') or {}
+    return arrays, kwargs if isinstance(kwargs, dict) else {}
+
+  own, kwargs = network_state(gs, 'Gs')
+  variables = {}
+  components = gs.state.get('components')
+  if not isinstance(components, dict) or not all(
+      part in components for part in ('mapping', 'synthesis')):
+    raise CheckpointError(f'{source}: Gs has no mapping/synthesis networks (components '
+                          f'{type(components).__name__})')
+  for part in ('mapping', 'synthesis'):
+    arrays, part_kwargs = network_state(components[part], f'Gs/{part}')
+    variables.update({f'{part}/{name}': value for name, value in arrays.items()})
+    kwargs = {**kwargs, **part_kwargs}
+  return variables, own, kwargs
 
 
 class EasyDictStub(dict):
@@ -108,9 +176,7 @@ def load_pickle(path: str, extra_globals: dict | None = None):
   """A pickle read as data: TF `Network`s become TFNetworkStub, numpy arrays stay arrays,
   `extra_globals` ((module, name) -> inert stand-in) add what a format needs; every other
   global is refused by name. CheckpointError naming the file otherwise."""
-  if not os.path.isfile(path):
-    raise CheckpointError(f'{path}: ' + ('a folder, not a file' if os.path.isdir(path)
-                                         else 'no such file'))
+  check_file(path)
   try:
     with open(path, 'rb') as f:
       return _DataOnlyUnpickler(f, extra_globals or {}, encoding='latin1').load()

@@ -16,6 +16,7 @@ import numpy as np
 from dgan_jax.generators import checkpoint
 from dgan_jax.generators import stylegan1
 from dgan_jax.generators.checkpoint import CheckpointError
+import convert_weights
 from convert_weights import safe_load
 
 NVIDIA_FMAP_BASE = 8192
@@ -115,9 +116,11 @@ def _apply_name_map(source_arrays: dict[str, np.ndarray], names: dict, source: s
   checkpoint.check_source_keys([k for k in names if k not in present],
                                [k for k in present if k not in names], source,
                                'StyleGAN (v1) checkpoint')
-  flat = {dst: np.asarray(transform(present[src]), np.float32)
-          for src, (dst, transform) in names.items()}
-  return flat
+  try:
+    return {dst: np.asarray(transform(present[src]), np.float32)
+            for src, (dst, transform) in names.items()}
+  except (ValueError, IndexError) as e:
+    raise CheckpointError(f'{source}: a weight of the wrong rank ({e})') from None
 
 
 def _check_avg_latent(avg, arch, source):
@@ -136,9 +139,14 @@ def from_torch_state_dict(state_dict: dict[str, np.ndarray], source: str = 'stat
   state_dict = {re.sub(r'^(module\.)+', '', k): np.asarray(v) for k, v in state_dict.items()}
   blocks = {int(m.group(1)): k for k in state_dict
             if (m := re.match(r'g_synthesis\.blocks\.(\d+)x\1\.', k))}
-  if not blocks or 'g_mapping.dense0.weight' not in state_dict:
-    raise CheckpointError(f'{source}: no g_mapping.dense0.weight / g_synthesis.blocks.* keys; '
-                          f'first keys are {list(state_dict)[:4]}')
+  missing = [what for what, found in (('g_mapping.dense0.weight',
+                                        'g_mapping.dense0.weight' in state_dict),
+                                       ('g_synthesis.blocks.{r}x{r}.*', bool(blocks)))
+             if not found]
+  if missing:
+    raise CheckpointError(f'{source}: not a DatasetGAN StyleGAN (v1) state dict: no '
+                          f'{" and no ".join(missing)} keys (first keys: '
+                          f'{list(state_dict)[:4]})')
   resolution = max(blocks)
   channels = {}
   for res in blocks:
@@ -168,13 +176,7 @@ def from_torch_state_dict(state_dict: dict[str, np.ndarray], source: str = 'stat
 
 def from_tf_networks(gs: safe_load.TFNetworkStub, source: str = 'Gs'):
   """Gs network (TF pickle) -> (arch, flat params, avg_latent, const noise list)."""
-  if 'mapping' not in gs.components or 'synthesis' not in gs.components:
-    raise CheckpointError(f'{source}: Gs has no mapping/synthesis components')
-  variables = {}
-  for part in ('mapping', 'synthesis'):
-    for name, value in gs.components[part].variables.items():
-      variables[f'{part}/{name}'] = value
-  kwargs = gs.components['synthesis'].state.get('static_kwargs', {})
+  variables, own, kwargs = safe_load.tf_generator_variables(gs, source)
   blocks = {int(m.group(1)) for k in variables
             if (m := re.match(r'synthesis/(\d+)x\1/', k))}
   dense = sorted(int(m.group(1)) for k in variables
@@ -182,15 +184,19 @@ def from_tf_networks(gs: safe_load.TFNetworkStub, source: str = 'Gs'):
   if not blocks or not dense:
     raise CheckpointError(f'{source}: no synthesis blocks or mapping Dense layers found')
   resolution = max(blocks)
-  channels = {4: int(variables['synthesis/4x4/Const/const'].shape[1])}
-  for res in blocks - {4}:
-    channels[res] = int(variables[f'synthesis/{res}x{res}/Conv1/weight'].shape[-1])
-  arch = infer_arch(resolution, channels,
-                    latent_size=variables['mapping/Dense0/weight'].shape[0],
-                    dlatent_size=variables[f'mapping/Dense{dense[-1]}/weight'].shape[1],
-                    mapping_layers=len(dense),
-                    mapping_fmaps=variables['mapping/Dense0/weight'].shape[1],
-                    instance_norm_eps=1e-8, source=source)
+  try:
+    channels = {4: int(variables['synthesis/4x4/Const/const'].shape[1])}
+    for res in blocks - {4}:
+      channels[res] = int(variables[f'synthesis/{res}x{res}/Conv1/weight'].shape[-1])
+    sizes = dict(latent_size=variables['mapping/Dense0/weight'].shape[0],
+                 dlatent_size=variables[f'mapping/Dense{dense[-1]}/weight'].shape[1],
+                 mapping_fmaps=variables['mapping/Dense0/weight'].shape[1])
+  except KeyError as e:
+    raise CheckpointError(f'{source}: not a StyleGAN (v1) Gs; no variable {e}') from None
+  except IndexError:
+    raise CheckpointError(f'{source}: a StyleGAN (v1) weight of the wrong rank') from None
+  arch = infer_arch(resolution, channels, mapping_layers=len(dense), instance_norm_eps=1e-8,
+                    source=source, **sizes)
   if kwargs.get('resolution', resolution) != resolution:
     raise CheckpointError(f'{source}: static_kwargs resolution {kwargs["resolution"]} != '
                           f'{resolution} found in the variables')
@@ -202,7 +208,7 @@ def from_tf_networks(gs: safe_load.TFNetworkStub, source: str = 'Gs'):
   noise = None
   if all(f'synthesis/noise{j}' in variables for j in range(num_noise)):
     noise = [variables[f'synthesis/noise{j}'].transpose(0, 2, 3, 1) for j in range(num_noise)]
-  avg = gs.variables.get('dlatent_avg')
+  avg = own.get('dlatent_avg')
   return arch, flat, None if avg is None else _check_avg_latent(avg, arch, source), noise
 
 
@@ -211,8 +217,7 @@ def convert(src: str, dst: str, avg_latent_path: str | None = None, noise_seed: 
 
   Returns the info record written to DST/generator.json.
   """
-  if not os.path.isfile(src):
-    raise CheckpointError(f'{src}: no such file')
+  safe_load.check_file(src)
   if src.endswith('.pkl') and not safe_load.is_zip(src):
     _, _, gs = safe_load.load_tf_pickle(src)
     arch, flat, avg, noise = from_tf_networks(gs, source=src)
@@ -241,6 +246,7 @@ def convert(src: str, dst: str, avg_latent_path: str | None = None, noise_seed: 
   return info
 
 
+OUTPUT_META = 'generator.json'
 HELP = 'StyleGAN (v1): DatasetGAN .pt or NVIDIA TF .pkl'
 
 
@@ -249,7 +255,7 @@ def add_arguments(parser) -> None:
   parser.add_argument('dst')
   parser.add_argument('--avg-latent', help='.npy average W, [512] or [num_ws, 512] '
                       "(DatasetGAN's avg_latent_stylegan1.npy); TF pickles carry their own")
-  parser.add_argument('--noise-seed', type=int, default=0,
+  parser.add_argument('--noise-seed', type=convert_weights.non_negative_int, default=0,
                       help='seed of the constant noise stored when SRC has none (default 0)')
 
 

@@ -28,6 +28,7 @@ from dgan_jax.generators import checkpoint
 from dgan_jax.generators import style
 from dgan_jax.generators import stylegan2
 from dgan_jax.generators.checkpoint import CheckpointError
+import convert_weights
 from convert_weights import safe_load
 
 WHAT = 'StyleGAN2 checkpoint'
@@ -247,20 +248,7 @@ def _tf_name_map(resolutions: list[int], mapping_layers: int, conditional: bool)
 
 def from_tf_networks(gs: safe_load.TFNetworkStub, source: str):
   """Gs (TF pickle) -> (flat params, avg_latent, noise list, arch hints)."""
-  components = gs.components
-  if not isinstance(components, dict) or not all(
-      isinstance(components.get(part), safe_load.TFNetworkStub)
-      for part in ('mapping', 'synthesis')):
-    raise CheckpointError(f'{source}: Gs has no mapping/synthesis networks')
-  variables = {}
-  for part in ('mapping', 'synthesis'):
-    state_variables = components[part].state.get('variables')
-    if not isinstance(state_variables, list):
-      raise CheckpointError(f'{source}: Gs/{part} variables are not a list of (name, array)')
-    for name, value in components[part].variables.items():
-      variables[f'{part}/{name}'] = np.asarray(value, np.float32)
-  kwargs = {**(gs.state.get('static_kwargs') or {}),
-            **(components['synthesis'].state.get('static_kwargs') or {})}
+  variables, own, kwargs = safe_load.tf_generator_variables(gs, source)
   if any(re.match(r'synthesis/ToRGB_lod\d+/', k) for k in variables) or kwargs.get(
       'architecture', 'skip') != 'skip':
     raise CheckpointError(f"{source}: a TF StyleGAN2 of the 'orig' or 'resnet' synthesis "
@@ -281,12 +269,10 @@ def from_tf_networks(gs: safe_load.TFNetworkStub, source: str):
            for j, (r, name) in enumerate(stylegan2.synthesis_layers(resolutions))
            if f'synthesis/noise{j}' in variables}
   hints = {'conv_clamp': kwargs.get('conv_clamp'),
-           'mapping_lr_multiplier': {**(gs.state.get('static_kwargs') or {}),
-                                     **(components['mapping'].state.get('static_kwargs') or {})
-                                     }.get('mapping_lrmul', 0.01),
+           'mapping_lr_multiplier': kwargs.get('mapping_lrmul', 0.01),
            'channel_base': 2 * kwargs['fmap_base'] if 'fmap_base' in kwargs else None,
            'channel_max': kwargs.get('fmap_max')}
-  return flat, gs.variables.get('dlatent_avg'), noise, hints
+  return flat, own.get('dlatent_avg'), noise, hints
 
 
 # ----------------------------------------------------------------------------------------
@@ -332,7 +318,7 @@ def from_rosinality(obj, source: str):
     keys = list(obj)[:6] if isinstance(obj, dict) else type(obj).__name__
     raise CheckpointError(f'{source}: not a rosinality stylegan2-pytorch checkpoint (no '
                           f"'g_ema' state dict or style.1.weight; found {keys})")
-  state = safe_load.to_numpy(state)
+  state = safe_load.to_numpy(state, source)
   mlp = sorted(int(m.group(1)) for k in state if (m := re.match(r'style\.(\d+)\.weight$', k)))
   convs = [int(m.group(1)) for k in state if (m := re.match(r'convs\.(\d+)\.conv\.weight$', k))]
   if not mlp or 'input.input' not in state:
@@ -349,7 +335,7 @@ def from_rosinality(obj, source: str):
   noise = {f'b{r}.{name}': state[f'noises.noise_{j}'].transpose(0, 2, 3, 1)
            for j, (r, name) in enumerate(stylegan2.synthesis_layers(resolutions))
            if f'noises.noise_{j}' in state}
-  avg = None if avg is None else safe_load.to_numpy({'avg': avg})['avg']
+  avg = None if avg is None else safe_load.to_numpy({'latent_avg': avg}, source)['latent_avg']
   return flat, avg, noise, {'conv_clamp': None, 'mapping_lr_multiplier': 0.01,
                             'channel_base': None, 'channel_max': None}
 
@@ -392,20 +378,10 @@ def infer_arch(flat: dict[str, np.ndarray], hints: dict, source: str) -> stylega
   return arch
 
 
-def _check_finite(arrays: dict[str, np.ndarray], source: str) -> None:
-  bad = [k for k, v in arrays.items() if not np.all(np.isfinite(v))]
-  if bad:
-    raise CheckpointError(f'{source}: ' + checkpoint.describe_names(
-        'array(s) holding NaN or Inf', bad))
-
-
 def read(src: str):
   """SRC in any of the three formats -> (format name, arch, flat params, avg_latent or
   None, const noise list or None)."""
-  if os.path.isdir(src):
-    raise CheckpointError(f'{src}: a folder; give the checkpoint file')
-  if not os.path.isfile(src):
-    raise CheckpointError(f'{src}: no such file')
+  safe_load.check_file(src)
   if safe_load.is_zip(src):
     obj = safe_load.load_torch_object(src, safe_globals=(argparse.Namespace,))
     source_format, parts = 'rosinality-stylegan2-pytorch', from_rosinality(obj, src)
@@ -430,9 +406,7 @@ def read(src: str):
                                                                    'constant noise', missing))
     noise = [np.asarray(noise_by_layer[f'b{r}.{n}'], np.float32) for r, n in arch.layers]
   avg = None if avg is None else np.asarray(avg, np.float32)
-  stylegan2.check_extras(arch, avg, noise, src)
-  _check_finite({**flat, **({'avg_latent': avg} if avg is not None else {}),
-                 **{f'noise/{j}': n for j, n in enumerate(noise or [])}}, src)
+  style.check_extras(arch, avg, noise, src)
   return source_format, arch, flat, avg, noise
 
 
@@ -453,7 +427,7 @@ def convert(src: str, dst: str, avg_latent_path: str | None = None, noise_seed: 
     except (OSError, ValueError, EOFError) as e:
       raise CheckpointError(f'{avg_latent_path}: cannot read the average latent ({e})'
                             ) from None
-    stylegan2.check_extras(arch, avg, None, avg_latent_path)
+    style.check_extras(arch, avg, None, avg_latent_path)
   if source_format.startswith('rosinality'):
     info['truncation'] = ("rosinality's truncation moves every layer: set "
                           f'config.generator.truncation_cutoff={arch.num_ws} to match it')
@@ -465,6 +439,7 @@ def convert(src: str, dst: str, avg_latent_path: str | None = None, noise_seed: 
   return info
 
 
+OUTPUT_META = 'generator.json'
 HELP = ('StyleGAN2 / StyleGAN2-ADA: stylegan2-ada-pytorch .pkl, NVIDIA TF .pkl or '
         'rosinality .pt')
 
@@ -474,7 +449,7 @@ def add_arguments(parser) -> None:
   parser.add_argument('dst')
   parser.add_argument('--avg-latent', help='.npy average W, [w_dim] or [num_ws, w_dim], '
                       'replacing the checkpoint\'s (needed for truncation when it has none)')
-  parser.add_argument('--noise-seed', type=int, default=0,
+  parser.add_argument('--noise-seed', type=convert_weights.non_negative_int, default=0,
                       help='seed of the constant noise stored when SRC has none (default 0)')
 
 

@@ -4,6 +4,8 @@ Experiment files (`configs/<name>.py`) start from `base()` and override fields; 
 returned ConfigDict is locked, so a misspelt field fails at once with its name.
 """
 
+import math
+
 import ml_collections
 
 from dgan_jax import labelers
@@ -198,30 +200,102 @@ def smoke_downstream(config: ml_collections.ConfigDict) -> None:
   config.evaluate.synthetic_test_images = 10
 
 
-def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Checks cross-field consistency and locks the config against new fields."""
-  if len(config.data.class_names) != config.data.num_classes:
-    raise InputError(f'config.data.class_names has {len(config.data.class_names)} names '
-                     f'but config.data.num_classes is {config.data.num_classes}')
-  if config.data.palette and len(config.data.palette) != 3 * config.data.num_classes:
-    raise InputError(f'config.data.palette needs {3 * config.data.num_classes} values '
-                     f'(RGB per class), has {len(config.data.palette)}')
-  if config.data.crop_rows and len(config.data.crop_rows) != 2:
-    raise InputError('config.data.crop_rows must be (start, stop) or empty')
-  if config.generator.noise not in ('const', 'zero', 'per_sample'):
-    raise InputError(f"config.generator.noise must be 'const', 'zero' or 'per_sample', "
-                     f'got {config.generator.noise!r}')
+# Range rules of validate(): dotted field -> (test, what the field must be).
+_POSITIVE = (lambda v: v >= 1, 'at least 1')
+_NON_NEGATIVE = (lambda v: v >= 0, 'at least 0')
+_FIELD_RULES = {
+    **{field: _POSITIVE for field in (
+        'data.num_classes', 'data.num_annotated', 'interpreter.num_members',
+        'interpreter.batch_size', 'interpreter.patience', 'interpreter.max_epochs',
+        'interpreter.checkpoint_every', 'interpreter.log_every', 'sample.num_samples',
+        'sample.batch_size', 'sample.grid_columns', 'generate.num_samples',
+        'generate.batch_size', 'generate.samples_per_shard', 'generate.chunk_rows',
+        'downstream.width', 'downstream.output_stride', 'downstream.aspp_channels',
+        'downstream.resolution', 'downstream.batch_size', 'downstream.epochs',
+        'downstream.log_every', 'downstream.workers', 'evaluate.batch_size',
+        'biggan.samples_per_class', 'biggan.annotate_per_class', 'biggan.head.num_members',
+        'biggan.train.num_steps', 'biggan.train.batch_size', 'biggan.train.checkpoint_every',
+        'biggan.train.log_every', 'toy.resolution', 'distributed.num_processes')},
+    **{field: _NON_NEGATIVE for field in (
+        'seed', 'generator.truncation_cutoff', 'data.min_segment_pixels',
+        'interpreter.num_steps', 'interpreter.patience_after_epoch', 'generate.preview_count',
+        'downstream.steps_per_epoch', 'downstream.few_shot_steps_per_epoch',
+        'evaluate.preview_count', 'evaluate.synthetic_test_images', 'toy.train_images',
+        'toy.test_images', 'toy.colour_baseline_images', 'distributed.process_id')},
+    **{field: (lambda v: v > 0, 'positive') for field in (
+        'interpreter.learning_rate', 'downstream.learning_rate', 'biggan.z_std',
+        'biggan.train.learning_rate')},
+    'generate.drop_fraction': (lambda v: 0 <= v < 1, 'in [0, 1)'),
+    'generate.top_fraction': (lambda v: 0 < v <= 1, 'in (0, 1]'),
+    'generator.truncation_psi': (lambda v: math.isfinite(v), 'a finite number'),
+    'evaluate.num_folds': (lambda v: v >= 2, 'at least 2'),
+}
+_CHOICES = {
+    'generator.noise': ('const', 'zero', 'per_sample'),
+    'generator.dtype': ('float32', 'bfloat16'),
+    'data.latent_kind': ('z', 'w'),
+    'interpreter.feature_dtype': ('float32', 'bfloat16'),
+    'interpreter.parallel': ('auto', 'batch', 'members'),
+    'downstream.dtype': ('float32', 'bfloat16'),
+    'downstream.label_mode': ('labels', 'binary', 'class'),
+}
+# Paths a user gives; main.resolve_paths makes them absolute (relative to the current
+# directory) once, where they enter.
+PATH_FIELDS = ('generator.checkpoint', 'generator.avg_latent', 'data.annotation_dir',
+               'data.latents', 'evaluate.test_dir', 'downstream.pretrained_backbone')
+
+
+def _field(config, dotted: str):
+  node = config
+  for part in dotted.split('.'):
+    node = node[part]
+  return node
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Every numeric field within its range, every enum among its choices, every path a
+  string, and the cross-field rules; InputError naming the first bad field. Runs on the
+  final config, after command-line overrides (main) as well as in finalize."""
+  for field, (test, what) in _FIELD_RULES.items():
+    value = _field(config, field)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not test(value):
+      raise InputError(f'config.{field} must be {what}, got {value!r}')
+  for field, choices in _CHOICES.items():
+    if _field(config, field) not in choices:
+      raise InputError(f'config.{field} must be one of {list(choices)}, got '
+                       f'{_field(config, field)!r}')
+  for field in PATH_FIELDS:
+    if not isinstance(_field(config, field), str):
+      raise InputError(f'config.{field} must be a path (a string), got '
+                       f'{_field(config, field)!r}')
+  data = config.data
+  if len(data.class_names) != data.num_classes:
+    raise InputError(f'config.data.class_names has {len(data.class_names)} names '
+                     f'but config.data.num_classes is {data.num_classes}')
+  if data.palette and (len(data.palette) != 3 * data.num_classes
+                       or not all(isinstance(v, int) and 0 <= v <= 255 for v in data.palette)):
+    raise InputError(f'config.data.palette needs {3 * data.num_classes} values in 0..255 '
+                     f'(RGB per class), has {list(data.palette)[:6]}...')
+  if data.crop_rows and (len(data.crop_rows) != 2 or not 0 <= data.crop_rows[0] < data.crop_rows[1]):
+    raise InputError(f'config.data.crop_rows must be (start, stop) with 0 <= start < stop, '
+                     f'or empty; got {tuple(data.crop_rows)}')
+  if data.feature_size and (len(data.feature_size) != 2
+                            or not all(isinstance(v, int) and v > 0 for v in data.feature_size)):
+    raise InputError(f'config.data.feature_size must be (height, width) or empty; got '
+                     f'{tuple(data.feature_size)}')
+  if data.eval_class_map and len(data.eval_class_map) != data.num_classes:
+    raise InputError(f'config.data.eval_class_map needs one test class per class '
+                     f'({data.num_classes}), has {len(data.eval_class_map)}')
   labelers.labeler_class(config.labeler)   # InputError naming an unknown labeler
-  if config.interpreter.feature_dtype not in ('float32', 'bfloat16'):
-    raise InputError(f"config.interpreter.feature_dtype must be 'float32' or 'bfloat16', "
-                     f'got {config.interpreter.feature_dtype!r}')
-  if config.interpreter.parallel not in ('auto', 'batch', 'members'):
-    raise InputError(f"config.interpreter.parallel must be 'auto', 'batch' or 'members', "
-                     f'got {config.interpreter.parallel!r}')
-  if not 0 <= config.generate.drop_fraction < 1:
-    raise InputError('config.generate.drop_fraction must be in [0, 1)')
-  if not 0 < config.generate.top_fraction <= 1:
-    raise InputError('config.generate.top_fraction must be in (0, 1]')
+  selected_stages(config)                   # InputError naming an unknown stage
+  if config.distributed.process_id >= config.distributed.num_processes:
+    raise InputError('config.distributed.process_id must be below '
+                     'config.distributed.num_processes')
+
+
+def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Validates an experiment file's config and locks it against new fields."""
+  validate(config)
   config.generator.random_init.arch.lock()   # assigned whole by experiment files
   return config
 

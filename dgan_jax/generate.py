@@ -19,6 +19,7 @@ index first) and assembles the dataset by copying serialized records:
                      plan deletes them), summary.json (timing)
 """
 
+import errno
 import glob
 import json
 import os
@@ -34,6 +35,7 @@ from dgan_jax import io
 from dgan_jax import parallel
 from dgan_jax.data import images as image_utils
 from dgan_jax.data import tfds_writer
+from dgan_jax.errors import InputError
 
 _BASE_FEATURES = ('image', 'label', 'latent', 'uncertainty', 'index')
 _SHARD = re.compile(r'shard-(\d+)-n(\d+)\.scores\.npy$')
@@ -48,6 +50,23 @@ def _shard_base(raw_dir: str, shard: int, count: int) -> str:
   return os.path.join(raw_dir, f'shard-{shard:05d}-n{count}')
 
 
+def _shard_complete(base: str, count: int) -> bool:
+  """Whether a raw shard's scores and records are both whole. A damaged one (a truncated
+  file, a partial copy) is deleted to be made again: raw shards are a cache."""
+  scores_path = base + '.scores.npy'
+  if not os.path.exists(scores_path):
+    return False
+  try:
+    table_shape = np.load(scores_path, allow_pickle=False).shape
+  except (OSError, ValueError, EOFError):
+    table_shape = None
+  if table_shape == (count, 2) and tfds_writer.count_records(base + '.array_record') == count:
+    return True
+  logging.warning('generate: %s is damaged; making it again', base)
+  io.remove([scores_path, base + '.array_record'])
+  return False
+
+
 def generate_shards(factory, features, raw_dir: str, num_samples: int, samples_per_shard: int,
                     batch_size: int, process_index: int = 0, process_count: int = 1) -> dict:
   """Generates this process's missing shards. Returns timing figures."""
@@ -57,29 +76,42 @@ def generate_shards(factory, features, raw_dir: str, num_samples: int, samples_p
   ranges = shard_ranges(num_samples, samples_per_shard)
   mine = [k for k in range(len(ranges)) if k % process_count == process_index]
   pending = [k for k in mine
-             if not os.path.exists(_shard_base(raw_dir, k, ranges[k][1] - ranges[k][0])
-                                   + '.scores.npy')]
+             if not _shard_complete(_shard_base(raw_dir, k, ranges[k][1] - ranges[k][0]),
+                                    ranges[k][1] - ranges[k][0])]
   total = sum(ranges[k][1] - ranges[k][0] for k in pending)
   start_time = time.time()
   generated = 0
+  written = []   # bytes of each shard written
   with tqdm(total=total, desc=f'generate (process {process_index})', unit='img') as bar:
-    for k in pending:
+    for position, k in enumerate(pending):
       begin, end = ranges[k]
       base = _shard_base(raw_dir, k, end - begin)
       scores = []
-      with tfds_writer.RecordWriter(base + '.array_record', features) as writer:
-        for batch_start in range(begin, end, batch_size):
-          indices = np.arange(batch_start, min(batch_start + batch_size, end))
-          out = factory(indices)
-          for j, index in enumerate(indices):
-            writer.write({'image': out['image'][j],
-                          'label': out['label'][j].astype(label_dtype),
-                          'latent': out['z'][j], 'uncertainty': out['uncertainty'][j],
-                          'index': np.int64(index), **{k: out[k][j] for k in extra}})
-            scores.append((index, out['uncertainty'][j]))
-          generated += len(indices)
-          bar.update(len(indices))
-      io.save_npy(base + '.scores.npy', np.asarray(scores, np.float64))
+      try:
+        with tfds_writer.RecordWriter(base + '.array_record', features) as writer:
+          for batch_start in range(begin, end, batch_size):
+            indices = np.arange(batch_start, min(batch_start + batch_size, end))
+            out = factory(indices)
+            for j, index in enumerate(indices):
+              writer.write({'image': out['image'][j],
+                            'label': out['label'][j].astype(label_dtype),
+                            'latent': out['z'][j], 'uncertainty': out['uncertainty'][j],
+                            'index': np.int64(index), **{k: out[k][j] for k in extra}})
+              scores.append((index, out['uncertainty'][j]))
+            generated += len(indices)
+            bar.update(len(indices))
+        io.save_npy(base + '.scores.npy', np.asarray(scores, np.float64))
+      except OSError as e:
+        if e.errno != errno.ENOSPC:
+          raise
+        io.remove([base + '.scores.npy'])
+        left = len(pending) - position
+        need = (f'about {left * np.mean(written) / 2**30:.2f} GB more for the {left} '
+                'shards left' if written else f'room for {left} more shards')
+        raise InputError(f'{raw_dir}: the disk filled up while writing {base}.array_record; '
+                         f'the {len(written)} shards finished are kept, and it needs {need}; '
+                         'free space and rerun') from None
+      written.append(os.path.getsize(base + '.array_record'))
   seconds = time.time() - start_time
   return {'generated': generated, 'seconds': round(seconds, 3),
           'images_per_second': round(generated / seconds, 3) if generated else None,
@@ -144,9 +176,17 @@ def finalize(config, features, raw_dir: str, out_dir: str, timing: dict,
   num_samples = gen.num_samples if num_samples is None else num_samples
   shards, indices, scores = read_scores(raw_dir, num_samples, gen.samples_per_shard)
   kept_mask, threshold = select(indices, scores, gen.drop_fraction)
-  with io.atomic_dir(out_dir) as tmp:
-    return _write_dataset(config, features, tmp, shards, indices, scores, kept_mask,
-                          threshold, timing, classes)
+  try:
+    with io.atomic_dir(out_dir) as tmp:
+      return _write_dataset(config, features, tmp, shards, indices, scores, kept_mask,
+                            threshold, timing, classes)
+  except OSError as e:
+    if e.errno != errno.ENOSPC:
+      raise
+    needed = sum(os.path.getsize(shard) for shard in shards)
+    raise InputError(f'{out_dir}: the disk filled up while assembling the dataset; it '
+                     f'needs about {needed / 2**30:.2f} GB free (the raw shards\' size). '
+                     'Nothing partial was kept; free space and rerun') from None
 
 
 def _write_dataset(config, features, tmp: str, shards, indices, scores, kept_mask,

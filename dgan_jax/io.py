@@ -15,6 +15,8 @@ from typing import Any, Iterable
 import numpy as np
 from absl import logging
 
+from dgan_jax.errors import InputError
+
 # Folders and files of a workdir, stage by stage.
 ANNOTATE = 'annotate'                  # sample: images to annotate (+ the person's masks)
 ANNOTATE_SYNTHETIC = 'annotate_synthetic'  # brightness stand-in masks (smoke runs)
@@ -107,11 +109,15 @@ def save_npz(path: str, **arrays) -> None:
 
 
 def read_json(path: str):
-  """The JSON in `path`, or None when there is no such file."""
+  """The JSON in `path`, or None when there is no such file; InputError naming the file
+  when it is not valid JSON."""
   if not os.path.isfile(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise InputError(f'{path}: not valid JSON ({e}); delete it to rebuild it') from None
 
 
 def start_over_if_changed(record_path: str, record: dict, stale: Iterable[str], what: str,
@@ -121,7 +127,10 @@ def start_over_if_changed(record_path: str, record: dict, stale: Iterable[str], 
   under the old record), so the stage starts over instead of mixing the two.
   write=False only deletes (processes other than the one that records)."""
   record = json.loads(json.dumps(record))
-  previous = read_json(record_path)
+  try:
+    previous = read_json(record_path)
+  except InputError:
+    previous = {'unreadable': record_path}   # a damaged record: start over
   if previous is not None and previous != record:
     logging.warning('%s: the config or inputs changed since %s was written; starting over',
                     what, record_path)
@@ -129,6 +138,16 @@ def start_over_if_changed(record_path: str, record: dict, stale: Iterable[str], 
   if write and previous != record:
     os.makedirs(os.path.dirname(record_path), exist_ok=True)
     write_json(record_path, record)
+
+
+def array_digest(*arrays) -> str:
+  """SHA-256 (hex) of arrays' shapes, dtypes and bytes, in order."""
+  digest = hashlib.sha256()
+  for array in arrays:
+    array = np.ascontiguousarray(array)
+    digest.update(f'{array.shape}{array.dtype}'.encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()
 
 
 def file_digest(path: str) -> str:

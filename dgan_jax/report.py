@@ -12,7 +12,6 @@ eval.json, which is required.
 
 import glob
 import html
-import json
 import os
 import shutil
 import typing
@@ -61,8 +60,7 @@ def report(config, workdir: str) -> None:
   process_index, _ = parallel.initialize(config.distributed)
   if process_index != 0:
     return
-  with open(eval_path) as f:
-    evaluation = json.load(f)
+  evaluation = io.read_json(eval_path)
   generation = io.read_json(os.path.join(workdir, io.DATASET, 'generation.json'))
   baselines = _baselines(workdir)
   protocol = evaluation['protocol']

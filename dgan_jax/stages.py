@@ -148,8 +148,12 @@ def train_interpreter(config, workdir: str) -> None:
                'with their regenerated images in %s', len(data), folder, data.format,
                check_path)
   run = {'labeler': labeler.record(), 'seed': config.seed, 'layout': layout.to_json(),
-         'generator': sampling.record(), 'annotation_dir': os.path.abspath(folder),
-         'latents': os.path.abspath(data.latents_path), 'samples': data.names}
+         'generator': sampling.record(),
+         'weights': generators.identity(config.generator, config.seed),
+         'annotation_dir': os.path.abspath(folder),
+         'latents': os.path.abspath(data.latents_path), 'samples': data.names,
+         'annotations': io.array_digest(data.masks(np.arange(len(data))),
+                                        *[data.inputs[k] for k in sorted(data.inputs)])}
   io.start_over_if_changed(os.path.join(partial, 'run.json'), run, [checkpoints],
                            'train_interpreter')
 
@@ -164,7 +168,8 @@ def train_interpreter(config, workdir: str) -> None:
           'last_accuracy': ([float(x) for x in history['accuracy'][-1]]
                             if len(history['step']) else []),
           'preview_pixel_agreement': agreement, **trained,
-          'train_seconds': round(time.time() - start, 2)}
+          'train_seconds': round(float(history['seconds'][-1]) if len(history['seconds'])
+                                 else time.time() - start, 2)}
   if data.class_ids is not None:
     info['classes'] = sorted(set(data.class_ids.tolist()))
   io.save_npz(os.path.join(partial, 'history.npz'), **history)
@@ -194,7 +199,8 @@ def generate(config, workdir: str) -> None:
   factory = factory_lib.Factory(g, sampling, labeler, layout, config.generate.top_fraction,
                                 config.generate.chunk_rows, config.generate.batch_size)
   plan = {'seed': config.seed, 'generator': g.family, 'sampling': sampling.record(),
-          'layout': layout.to_json(),
+          'weights': generators.identity(config.generator, config.seed),
+          'layout': layout.to_json(), 'top_fraction': config.generate.top_fraction,
           'labeler': io.file_digest(os.path.join(labeler_dir, 'params.npz'))}
   generate_lib.run(config, factory, workdir, plan, sampling.count('generate', config))
 

@@ -11,6 +11,9 @@ import numpy as np
 from absl import logging as absl_logging
 from tqdm import tqdm
 
+from dgan_jax import io
+from dgan_jax.errors import InputError
+
 
 @contextlib.contextmanager
 def quiet_orbax_logging():
@@ -40,6 +43,23 @@ def open_checkpoints(checkpoint_dir: str, save_every: int, state, shardings, nam
   return manager, state
 
 
+HISTORY_FILE = 'history.json'   # beside the orbax steps: the logged metrics so far
+
+
+def resumed_history(history_path: str | None, step: int, metric_names) -> dict:
+  """The logged history up to `step` (the checkpoint a run resumes from), so that a
+  resumed run's history covers all of its steps; empty for a fresh run."""
+  history = {'step': [], 'seconds': [], **{name: [] for name in metric_names}}
+  try:
+    previous = io.read_json(history_path) if history_path and step > 0 else None
+  except InputError:
+    previous = None   # a damaged history: keep what this run logs
+  if isinstance(previous, dict) and set(previous) == set(history):
+    keep = [i for i, s in enumerate(previous['step']) if s <= step]
+    history = {k: [v[i] for i in keep] for k, v in previous.items()}
+  return history
+
+
 def run(state, checkpoint_dir: str | None, checkpoint_every: int, shardings,
         total_steps: int, step_fn: Callable, *, desc: str, rate_name: str, log_every: int,
         metric_names: tuple[str, ...], postfix: Callable[[dict], dict], progress: bool = True,
@@ -51,8 +71,9 @@ def run(state, checkpoint_dir: str | None, checkpoint_every: int, shardings,
   step_fn(state, step) -> (state, metrics, items): one training step from `step`;
   metrics stay on the device except on logged steps (every log_every-th, the last, and
   the one after which keep_going() turns false); items count toward the rate.
-  Returns (state on the host with 'history': per logged step its number and each of
-  metric_names, items per second over the steps after the first (compiling) one).
+  Returns (state on the host with 'history': per logged step its number, the training
+  seconds so far and each of metric_names, across resumes (kept in checkpoint_dir's
+  history.json); items per second over the steps after the first (compiling) one).
   """
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   with quiet_orbax_logging():
@@ -60,7 +81,10 @@ def run(state, checkpoint_dir: str | None, checkpoint_every: int, shardings,
                                       desc)
     step = int(state['step'])
     first_step = step
-    history = {'step': [], **{name: [] for name in metric_names}}
+    history_path = os.path.join(checkpoint_dir, HISTORY_FILE) if checkpoint_dir else None
+    history = resumed_history(history_path, step, metric_names)
+    seconds_before = history['seconds'][-1] if history['seconds'] else 0.0
+    loop_start = time.perf_counter()
     bar = tqdm(total=total_steps, initial=step, desc=desc, unit='step', disable=not progress,
                dynamic_ncols=True)
     window_start, window_items = time.perf_counter(), 0
@@ -80,8 +104,11 @@ def run(state, checkpoint_dir: str | None, checkpoint_every: int, shardings,
         metrics = jax.device_get(metrics)
         now = time.perf_counter()
         history['step'].append(step)
+        history['seconds'].append(seconds_before + now - loop_start)
         for name in metric_names:
-          history[name].append(metrics[name])
+          history[name].append(np.asarray(metrics[name]).tolist())
+        if history_path:
+          io.write_json(history_path, history)
         bar.set_postfix(**postfix(metrics),
                         **{rate_name: f'{window_items / (now - window_start):,.2f}'})
         bar.update(step - bar.n)

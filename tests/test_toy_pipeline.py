@@ -19,8 +19,12 @@ def run_main(*args):
 
 @pytest.mark.slow
 def test_quick_toy_run_produces_the_report(tmp_path):
+  """The README's run command, from the repository root, with a relative --workdir as it
+  prints it (orbax needs absolute paths: main resolves it)."""
   workdir = tmp_path / 'toy'
-  result = run_main('--config=configs/toy.py:quick', f'--workdir={workdir}')
+  relative = os.path.relpath(workdir, conftest.REPO)
+  assert not os.path.isabs(relative)
+  result = run_main('--config=configs/toy.py:quick', f'--workdir={relative}')
   assert result.returncode == 0, result.stderr[-3000:]
 
   # The test set is the renderer's output for its own seed, exact masks included.

@@ -120,8 +120,7 @@ class Annotations:
     path = self.image_paths[index]
     if path is None:
       return None
-    with Image.open(path) as image:
-      return np.asarray(image.convert('RGB'))
+    return image_utils.read_rgb(path)
 
 
 def subset_name(g) -> str:

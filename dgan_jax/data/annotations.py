@@ -25,6 +25,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from dgan_jax.data import images as image_utils
 from dgan_jax.errors import InputError
 
 MIN_SEGMENT_PIXELS = 30
@@ -189,8 +190,7 @@ def load(annotation_dir: str, data_config, num_ws: int, shape: tuple[int, int],
     paths.append(path)
     picture = image_path(annotation_dir, i, fmt)
     if os.path.isfile(picture):
-      with Image.open(picture) as image:
-        images.append(np.asarray(image.convert('RGB')))
+      images.append(image_utils.read_rgb(picture))
     else:
       images.append(None)
   return {'format': fmt, 'masks': np.stack(masks), 'latents': latents,

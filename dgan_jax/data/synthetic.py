@@ -10,7 +10,6 @@ import os
 import shutil
 
 import numpy as np
-from PIL import Image
 
 from dgan_jax import io
 from dgan_jax.bigdatasetgan import layout
@@ -34,8 +33,7 @@ def write_annotations(sample_dir: str, out_dir: str, count: int, num_classes: in
   images = []
   for i in range(count):
     path = os.path.join(sample_dir, f'image_{i}.png')
-    with Image.open(path) as image:
-      picture = np.asarray(image.convert('RGB'))
+    picture = image_utils.read_rgb(path)
     images.append(np.stack([annotations.resize_nearest(picture[..., c], *shape)
                             for c in range(3)], axis=-1))
   masks = brightness_masks(np.stack(images), num_classes)

@@ -68,6 +68,23 @@ class RecordWriter:
       os.remove(self._tmp)
 
 
+def count_records(path: str) -> int | None:
+  """Records in an array_record file, or None when it is missing, truncated or damaged."""
+  if not os.path.isfile(path):
+    return None
+  try:
+    reader = array_record_module.ArrayRecordReader(path)
+    try:
+      count = reader.num_records()
+      if count:
+        reader.read([count - 1])   # the last record's chunk is whole
+    finally:
+      reader.close()
+  except RuntimeError:
+    return None
+  return count
+
+
 def read_records(path: str):
   """Yields the serialized records of one array_record file, in order."""
   reader = array_record_module.ArrayRecordReader(path)

@@ -8,6 +8,6 @@ from dgan_jax.generators.base import FeatureSpec, Generator, Sampling, family_cl
 from dgan_jax.generators.biggan import BigGANArch, BigGANGenerator
 from dgan_jax.generators.biggan_deep import BigGANDeepArch, BigGANDeepGenerator
 from dgan_jax.generators.checkpoint import CheckpointError
-from dgan_jax.generators.load import from_config, load
+from dgan_jax.generators.load import from_config, identity, load
 from dgan_jax.generators.stylegan1 import StyleGAN1Arch, StyleGAN1Generator
 from dgan_jax.generators.stylegan2 import StyleGAN2Arch, StyleGAN2Generator

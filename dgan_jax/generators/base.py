@@ -360,10 +360,7 @@ class StyleSampling(Sampling):
 
   @classmethod
   def from_config(cls, config, latent_size: int, num_ws: int) -> 'StyleSampling':
-    g = config.generator
-    if g.noise not in ('const', 'zero', 'per_sample'):
-      raise InputError(f"config.generator.noise must be 'const', 'zero' or 'per_sample', "
-                       f'got {g.noise!r}')
+    g = config.generator   # its noise is one of the three (config.validate)
     return cls(config.seed, latent_size, num_ws, float(g.truncation_psi),
                int(g.truncation_cutoff), g.noise)
 

@@ -5,6 +5,7 @@ optionally `avg_latent` (the truncation average W) and `noise/{j}` (constant noi
 inputs, [1, h, w, 1], layer order). It is read with allow_pickle=False: data only.
 """
 
+import dataclasses
 import json
 import os
 import zipfile
@@ -64,7 +65,12 @@ def check_source_keys(missing: list[str], unexpected: list[str], source: str,
 def build_arch(arch_class, arch_json: dict, source: str):
   """generator.json's 'arch' record (minus its 'type') -> arch_class; CheckpointError
   naming `source` when the record does not fit."""
+  if not isinstance(arch_json, dict):
+    raise CheckpointError(f'{source}: generator.json arch is not a record')
   fields = {k: v for k, v in arch_json.items() if k != 'type'}
+  if 'resolution' in {f.name for f in dataclasses.fields(arch_class)} and (
+      'resolution' not in fields):
+    raise CheckpointError(f'{source}: generator.json arch has no resolution')
   try:
     return arch_class(**fields)
   except (TypeError, ValueError) as e:
@@ -85,6 +91,14 @@ def check_names_and_shapes(arrays: dict[str, np.ndarray], expected: dict[str, tu
     raise CheckpointError(f'{source}: ' + '; '.join(problems))
 
 
+def check_finite(arrays: dict[str, np.ndarray], source: str) -> None:
+  """CheckpointError naming `source` and the arrays that hold NaN or Inf."""
+  bad = [k for k, v in arrays.items()
+         if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.all(np.isfinite(v))]
+  if bad:
+    raise CheckpointError(f'{source}: ' + describe_names('array(s) holding NaN or Inf', bad))
+
+
 def save(directory: str, arch: dict, params: dict, extras: dict[str, np.ndarray],
          info: dict | None = None) -> None:
   """Writes the checkpoint to a temporary sibling directory, then renames it into place."""
@@ -92,6 +106,7 @@ def save(directory: str, arch: dict, params: dict, extras: dict[str, np.ndarray]
   os.makedirs(os.path.dirname(directory), exist_ok=True)
   arrays = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
   arrays.update({k: np.asarray(v, np.float32) for k, v in extras.items()})
+  check_finite(arrays, (info or {}).get('source', directory))
   with io.atomic_dir(directory) as tmp:
     np.savez(os.path.join(tmp, 'params.npz'), **arrays)
     with open(os.path.join(tmp, 'generator.json'), 'w') as f:
@@ -103,9 +118,10 @@ def write_arrays_and_meta(directory: str, meta_name: str, arrays: dict[str, np.n
                           meta: dict) -> None:
   """`params.npz` then `meta_name` (JSON) into `directory`, each under a temporary name
   first; the JSON last, so a directory holding it holds complete arrays."""
+  arrays = {k: np.asarray(v, np.float32) for k, v in arrays.items()}
+  check_finite(arrays, meta.get('source', directory))
   os.makedirs(directory, exist_ok=True)
-  io.save_npz(os.path.join(directory, 'params.npz'),
-              **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
+  io.save_npz(os.path.join(directory, 'params.npz'), **arrays)
   io.write_json(os.path.join(directory, meta_name), meta)
 
 
@@ -130,6 +146,7 @@ def read_arrays_and_meta(directory: str, meta_name: str,
       arrays = {k: npz[k] for k in npz.files}
   except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
     raise CheckpointError(f'{params_path}: corrupt or truncated ({e})') from None
+  check_finite(arrays, params_path)
   return meta, arrays
 
 

@@ -4,6 +4,7 @@ import os
 
 import jax.numpy as jnp
 
+from dgan_jax import io
 from dgan_jax.errors import InputError
 from dgan_jax.generators import base
 from dgan_jax.generators import checkpoint
@@ -15,12 +16,29 @@ def load(path: str, dtype=jnp.float32) -> base.Generator:
   dtype: compute dtype, float32 (default) or bfloat16 for accelerators.
   """
   meta, arrays = checkpoint.read(path)
+  if not isinstance(meta['arch'], dict):
+    raise checkpoint.CheckpointError(f'{path}/generator.json: arch is not a record')
   kind = meta['arch'].get('type')
   try:
     cls = base.family_class(kind)
   except InputError as e:
     raise checkpoint.CheckpointError(f'{path}/generator.json: {e}') from None
   return cls.from_checkpoint(meta['arch'], arrays, path, dtype)
+
+
+def identity(generator_config, seed: int) -> dict:
+  """JSON: which weights config.generator names (the checkpoint's params.npz and average
+  W file digests, or the random-weight record), so that results made from other weights
+  are never reused."""
+  random_init = generator_config.random_init
+  if random_init.type:
+    record = {'random_init': random_init.to_dict(), 'seed': seed}
+  else:
+    params = os.path.join(generator_config.checkpoint, 'params.npz')
+    record = {'params': io.file_digest(params) if os.path.isfile(params) else None}
+  if generator_config.avg_latent and os.path.isfile(generator_config.avg_latent):
+    record['avg_latent'] = io.file_digest(generator_config.avg_latent)
+  return {**record, 'dtype': generator_config.dtype}
 
 
 def from_config(generator_config, seed: int) -> base.Generator:

@@ -15,6 +15,7 @@ import numpy as np
 
 from dgan_jax.errors import InputError
 from dgan_jax.generators import base
+from dgan_jax.generators import checkpoint
 
 Params = dict[str, Any]
 
@@ -66,6 +67,20 @@ def split_checkpoint(arrays: dict[str, np.ndarray], num_noise: int):
   const_noise = [arrays[n] for n in noise_names] if all(n in arrays for n in noise_names) \
       else None
   return params, const_noise, arrays.get('avg_latent')
+
+
+def check_extras(arch, avg_latent, const_noise, source: str) -> None:
+  """CheckpointError naming `source` when the average W or the constant noise arrays do
+  not fit the architecture (at load, not at first use)."""
+  d = arch.dlatent_size
+  if avg_latent is not None and np.shape(avg_latent) not in ((d,), (arch.num_ws, d)):
+    raise checkpoint.CheckpointError(
+        f'{source}: average W must be [{d}] or [{arch.num_ws}, {d}], got '
+        f'{list(np.shape(avg_latent))}')
+  for j, (n, (h, w)) in enumerate(zip(const_noise or (), arch.noise_shapes)):
+    if np.shape(n) != (1, h, w, 1):
+      raise checkpoint.CheckpointError(f'{source}: noise/{j} must be [1, {h}, {w}, 1], got '
+                                       f'{list(np.shape(n))}')
 
 
 def _is_key_array(x) -> bool:

@@ -52,8 +52,19 @@ class StyleGAN1Arch:
   instance_norm_eps: float = 1e-5
 
   def __post_init__(self):
-    log2 = math.log2(self.resolution)
-    if not (log2.is_integer() and 2 <= log2 <= 10):
+    if (not isinstance(self.resolution, int) or isinstance(self.resolution, bool)
+        or not 4 <= self.resolution <= 1024):
+      raise ValueError(f'resolution must be a power of two in 4..1024, got {self.resolution!r}')
+    for field in ('fmap_base', 'fmap_max', 'latent_size', 'dlatent_size', 'mapping_layers',
+                  'mapping_fmaps', 'num_channels'):
+      value = getattr(self, field)
+      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f'{field} must be a positive integer, got {value!r}')
+    for field in ('fmap_decay', 'mapping_lrmul', 'instance_norm_eps'):
+      value = getattr(self, field)
+      if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise ValueError(f'{field} must be a positive number, got {value!r}')
+    if not math.log2(self.resolution).is_integer():
       raise ValueError(f'resolution must be a power of two in 4..1024, got {self.resolution}')
 
   @property
@@ -254,6 +265,7 @@ class StyleGAN1Generator(style.StyleGenerator):
     arch = checkpoint.build_arch(StyleGAN1Arch, arch_json, source)
     params, const_noise, avg_latent = style.split_checkpoint(arrays, arch.num_ws)
     checkpoint.check_names_and_shapes(params, param_shapes(arch), source)
+    style.check_extras(arch, avg_latent, const_noise, source)
     return cls(arch, unflatten(params), avg_latent=avg_latent, const_noise=const_noise,
                dtype=dtype)
 

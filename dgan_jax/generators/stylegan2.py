@@ -310,19 +310,6 @@ def init_params(arch: StyleGAN2Arch, key: jax.Array) -> Params:
   return unflatten(flat)
 
 
-def check_extras(arch: StyleGAN2Arch, avg_latent, const_noise, source: str) -> None:
-  """CheckpointError naming `source` when the average W or the noise arrays misfit."""
-  if avg_latent is not None and np.shape(avg_latent) not in (
-      (arch.w_dim,), (arch.num_ws, arch.w_dim)):
-    raise checkpoint.CheckpointError(
-        f'{source}: average W must be [{arch.w_dim}] or [{arch.num_ws}, {arch.w_dim}], got '
-        f'{list(np.shape(avg_latent))}')
-  for j, (n, (h, w)) in enumerate(zip(const_noise or (), arch.noise_shapes)):
-    if np.shape(n) != (1, h, w, 1):
-      raise checkpoint.CheckpointError(f'{source}: noise/{j} must be [1, {h}, {w}, 1], got '
-                                       f'{list(np.shape(n))}')
-
-
 class StyleGAN2Generator(style.StyleGenerator):
   """A StyleGAN2 / StyleGAN2-ADA network (see `style.StyleGenerator` for the API):
 
@@ -342,7 +329,7 @@ class StyleGAN2Generator(style.StyleGenerator):
     arch = checkpoint.build_arch(StyleGAN2Arch, arch_json, source)
     params, const_noise, avg_latent = style.split_checkpoint(arrays, len(arch.noise_shapes))
     checkpoint.check_names_and_shapes(params, param_shapes(arch), source)
-    check_extras(arch, avg_latent, const_noise, source)
+    style.check_extras(arch, avg_latent, const_noise, source)
     return cls(arch, unflatten(params), avg_latent=avg_latent, const_noise=const_noise,
                dtype=dtype)
 

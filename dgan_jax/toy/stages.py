@@ -105,8 +105,7 @@ def annotate(config, workdir: str) -> None:
       path = annotations.image_path(annotate_dir, i, 'plain')
       if not os.path.isfile(path):
         raise InputError(f'{path}: missing; run the sample stage first')
-      with Image.open(path) as image:
-        pictures.append(np.asarray(image.convert('RGB')))
+      pictures.append(image_utils.read_rgb(path))
     for i, mask in zip(missing, label_images(config, run_dir, np.stack(pictures))):
       image_utils.save_png(annotations.mask_path(annotate_dir, i, 'plain'), mask)
     logging.info('annotate: the supervised segmenter labelled %d images in %s (an annotator '
