@@ -9,7 +9,6 @@ import pickle
 import shutil
 import subprocess
 import sys
-import time
 import zipfile
 
 import numpy as np
@@ -21,6 +20,7 @@ from conftest import REPO, golden_path, rebuild_stylegan1_state_dict, run_main, 
 from convert_weights import __main__ as convert_cli
 from dgan_jax import config as config_lib
 from dgan_jax import generators
+from dgan_jax import training
 from dgan_jax.errors import InputError
 
 
@@ -217,60 +217,73 @@ def test_changed_sampling_regenerates_every_shard(tmp_path, stylegan_workdir):
   assert all(new[i] != old[i] for i in old)
 
 
-def _train_until_checkpoint(workdir, args, at_least: int):
-  """Starts train_interpreter and kills it once an orbax step >= at_least is saved."""
-  process = subprocess.Popen(
-      [sys.executable, '-m', 'dgan_jax.main', '--config=configs/test.py',
-       f'--workdir={workdir}', '--stages=train_interpreter', *args],
-      cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  checkpoints = workdir / 'interpreter.partial' / 'checkpoints'
-  try:
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-      steps = [int(p.name) for p in checkpoints.glob('*') if p.name.isdigit()] \
-          if checkpoints.is_dir() else []
-      if steps and max(steps) >= at_least:
-        break
-      time.sleep(0.2)
-  finally:
-    process.kill()
-    process.wait()
-  assert not (workdir / 'interpreter').exists(), 'finished before it could be interrupted'
+class _Interrupted(Exception):
+  pass
 
 
-@pytest.mark.slow
-def test_resume_keeps_the_history_and_edited_masks_start_over(tmp_path, stylegan_workdir):
+def _interrupted_training(monkeypatch, after_calls: int):
+  """Makes the next training run stop as a kill would: once the loop has asked whether
+  to go on `after_calls` times (some 50 steps in; the orbax checkpoint and history of the
+  steps so far saved), the stage is aborted before it finishes."""
+  original = training.run
+
+  def run_then_interrupt(*args, **kwargs):
+    calls = iter(range(after_calls + 1))
+    kwargs['keep_going'] = lambda: next(calls, after_calls) < after_calls
+    original(*args, **kwargs)
+    raise _Interrupted
+  monkeypatch.setattr(training, 'run', run_then_interrupt)
+
+
+def _history(workdir):
+  with np.load(workdir / 'interpreter' / 'history.npz') as npz:
+    return {k: npz[k] for k in npz.files}
+
+
+def test_resume_keeps_the_history_and_edited_masks_start_over(tmp_path, stylegan_workdir,
+                                                              monkeypatch, caplog):
+  from configs import test as test_config   # pylint: disable=import-outside-toplevel
+  from dgan_jax import stages   # pylint: disable=import-outside-toplevel
   workdir = tmp_path / 'work'
   shutil.copytree(stylegan_workdir, workdir, ignore=shutil.ignore_patterns('interpreter',
                                                                            'dataset',
                                                                            'generate'))
   masks = tmp_path / 'masks'   # the brightness masks, as a folder a person edits
   shutil.copytree(workdir / 'annotate_synthetic', masks)
-  args = [f'--config.data.annotation_dir={masks}', '--config.data.synthetic_masks=False',
-          '--config.interpreter.num_steps=1500', '--config.interpreter.checkpoint_every=50',
-          '--config.interpreter.log_every=25']
-  # Interrupted, then resumed with the same masks: the history covers every step.
-  _train_until_checkpoint(workdir, args, at_least=100)
-  result = run_main('--config=configs/test.py', f'--workdir={workdir}',
-                    '--stages=train_interpreter', *args)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert 'resumed at step' in result.stderr and 'starting over' not in result.stderr
-  with np.load(workdir / 'interpreter' / 'history.npz') as history:
-    np.testing.assert_array_equal(history['step'], np.arange(25, 1501, 25))
-    assert (np.diff(history['seconds']) > 0).all()
+  config = test_config.get_config()
+  config.data.annotation_dir, config.data.synthetic_masks = str(masks), False
+  config.interpreter.num_steps, config.interpreter.checkpoint_every = 200, 50
+  config.interpreter.log_every = 25
+  # Interrupted after 100 steps, then resumed with the same masks: the history covers
+  # every step, and the training time both sessions.
+  with monkeypatch.context() as patch:
+    _interrupted_training(patch, 100)
+    with pytest.raises(_Interrupted):
+      stages.train_interpreter(config, str(workdir))
+  history_file = workdir / 'interpreter.partial' / 'checkpoints' / training.HISTORY_FILE
+  first_seconds = json.loads(history_file.read_text())['seconds'][0]   # step 25
+  stages.train_interpreter(config, str(workdir))
+  history = _history(workdir)
+  np.testing.assert_array_equal(history['step'], np.arange(25, 201, 25))
+  assert (np.diff(history['seconds']) > 0).all() and history['seconds'][0] == first_seconds
   info = json.loads((workdir / 'interpreter' / 'info.json').read_text())
   assert info['train_seconds'] == pytest.approx(float(history['seconds'][-1]), abs=0.01)
-  # Interrupted again, a mask edited: the run starts over instead of resuming.
+  assert 'starting over' not in caplog.text
+  # Interrupted again, then a mask is edited: the run starts over instead of resuming.
   shutil.rmtree(workdir / 'interpreter')
-  _train_until_checkpoint(workdir, args, at_least=100)
-  mask_path = masks / 'mask_0.png'
-  mask = np.asarray(Image.open(mask_path)).copy()
+  with monkeypatch.context() as patch:
+    _interrupted_training(patch, 100)
+    with pytest.raises(_Interrupted):
+      stages.train_interpreter(config, str(workdir))
+  first_seconds = json.loads(history_file.read_text())['seconds'][0]
+  mask = np.asarray(Image.open(masks / 'mask_0.png')).copy()
   mask[:4] = 1
-  Image.fromarray(mask).save(mask_path)
-  result = run_main('--config=configs/test.py', f'--workdir={workdir}',
-                    '--stages=train_interpreter', *args)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert 'starting over' in result.stderr and 'resumed at step' not in result.stderr
+  Image.fromarray(mask).save(masks / 'mask_0.png')
+  stages.train_interpreter(config, str(workdir))
+  assert 'starting over' in caplog.text
+  history = _history(workdir)
+  np.testing.assert_array_equal(history['step'], np.arange(25, 201, 25))
+  assert history['seconds'][0] != first_seconds
 
 
 # ----------------------------------------------------------------------------------------
