@@ -42,6 +42,7 @@ from dgan_jax import interpreter  # pylint: disable=wrong-import-position
 from dgan_jax import latents  # pylint: disable=wrong-import-position
 from dgan_jax import parallel  # pylint: disable=wrong-import-position
 from dgan_jax.data import synthetic  # pylint: disable=wrong-import-position
+from dgan_jax.generators import style  # pylint: disable=wrong-import-position
 from dgan_jax.generators import stylegan1  # pylint: disable=wrong-import-position
 
 ORIGINAL_PIXELS_PER_SECOND = 17.6e3  # issue 3: the original, one member at batch 64, this CPU
@@ -86,7 +87,7 @@ def main() -> None:
 
   arch = stylegan1.StyleGAN1Arch(resolution=512, fmap_base=8192, fmap_max=512)
   g = stylegan1.StyleGAN1Generator(arch, stylegan1.init_params(arch, jax.random.key(0)),
-                                   const_noise=stylegan1.draw_const_noise(arch, 0))
+                                   const_noise=style.draw_const_noise(arch, 0))
   g.avg_latent = jnp.mean(g.map(np.random.RandomState(0).standard_normal((256, 512))), axis=0)
   layout = features.FeatureLayout.create([(r, r) for r in arch.resolutions for _ in range(2)],
                                          arch.feature_channels, (512, 512), (64, 448))

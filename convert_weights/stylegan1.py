@@ -14,6 +14,7 @@ import re
 import numpy as np
 
 from dgan_jax.generators import checkpoint
+from dgan_jax.generators import style
 from dgan_jax.generators import stylegan1
 from dgan_jax.generators.checkpoint import CheckpointError
 import convert_weights
@@ -228,7 +229,7 @@ def convert(src: str, dst: str, avg_latent_path: str | None = None, noise_seed: 
     source_format = 'datasetgan-pytorch'
   info = {'source': os.path.abspath(src), 'source_format': source_format}
   if noise is None:
-    noise = stylegan1.draw_const_noise(arch, noise_seed)
+    noise = style.draw_const_noise(arch, noise_seed)
     info['const_noise'] = f'drawn at conversion: numpy RandomState({noise_seed}) N(0, 1)'
   else:
     info['const_noise'] = 'from the checkpoint (noise0..)'

@@ -10,7 +10,7 @@ import pytest
 from conftest import golden_path, rebuild_stylegan1_state_dict, relative_error, tf_network
 from convert_weights import __main__ as convert_cli
 from dgan_jax import generators
-from dgan_jax.generators import stylegan1
+from dgan_jax.generators import style
 
 TOLERANCE = 1e-3
 
@@ -48,7 +48,7 @@ def test_pt_with_dataparallel_prefix_round_trip(tmp_path, golden, state_dict, ca
   # The .pt file has no noise: the converter stores N(0,1) from RandomState(0), so
   # the default noise='const' is deterministic and equals that draw.
   const_image, _ = g.synthesize(golden['w_truncated'])
-  drawn = stylegan1.draw_const_noise(g.arch, 0)
+  drawn = style.draw_const_noise(g.arch, 0)
   np.testing.assert_allclose(const_image, g.synthesize(golden['w_truncated'], drawn)[0],
                              atol=1e-5)
   np.testing.assert_allclose(drawn[0][0, :, :, 0],

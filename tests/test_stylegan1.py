@@ -10,6 +10,7 @@ from conftest import (as_golden_grid, golden_path, rebuild_stylegan1_state_dict,
 from convert_weights import stylegan1 as convert_stylegan1
 from dgan_jax import generators
 from dgan_jax.generators import checkpoint
+from dgan_jax.generators import style
 from dgan_jax.generators import stylegan1
 
 GOLDEN = [('stylegan1_r64_seed0.npz', 0), ('stylegan1_r256_seed1.npz', 1)]
@@ -105,7 +106,7 @@ def test_resolution_range_shapes(resolution):
   arch = stylegan1.StyleGAN1Arch(resolution=resolution, fmap_base=1024, fmap_max=8,
                                  mapping_layers=2)
   g = stylegan1.StyleGAN1Generator(arch, stylegan1.init_params(arch, jax.random.key(0)),
-                                   const_noise=stylegan1.draw_const_noise(arch, 0))
+                                   const_noise=style.draw_const_noise(arch, 0))
   image, features = g.synthesize(g.map(np.ones((1, 512), np.float32)))
   assert image.shape == (1, resolution, resolution, 3)
   assert [f.shape[1] for f in features] == [r for r in arch.resolutions for _ in (0, 1)]

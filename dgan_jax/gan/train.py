@@ -271,6 +271,6 @@ def export(config, g_params, out_dir: str, info: dict | None = None) -> None:
   avg_latent = np.asarray(stylegan1.mapping(g_params, g_arch, jnp.asarray(z, jnp.float32))[:, 0]
                           ).mean(axis=0)
   extras = {f'noise/{j}': n for j, n in
-            enumerate(stylegan1.draw_const_noise(g_arch, config.seed))}
+            enumerate(style.draw_const_noise(g_arch, config.seed))}
   extras['avg_latent'] = avg_latent
   checkpoint.save(out_dir, g_arch.to_json(), g_params, extras, info)

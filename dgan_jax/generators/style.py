@@ -102,10 +102,15 @@ class StyleGenerator(base.Generator):
     a list of num_ws arrays [B, h, w, 1] or [B, 1, h, w] (B may be 1), layer order.
   """
 
-  # The family's pure functions: mapping(params, arch, z [B, Z], c [B, C] or None)
-  # -> w [B, num_ws, D]; synthesis(params, arch, w, noise list) -> (image, feature maps).
+  # The family's architecture record and pure functions: mapping(params, arch, z [B, Z],
+  # c [B, C] or None) -> w [B, num_ws, D]; synthesis(params, arch, w, noise list) ->
+  # (image, feature maps); param_shapes(arch) -> {flat name: shape}; init_params(arch,
+  # key) -> nested params.
+  arch_class: type
   mapping: Callable
   synthesis: Callable
+  param_shapes: Callable
+  init_params: Callable
 
   def __init__(self, arch, params: Params, avg_latent=None,
                const_noise: Sequence[np.ndarray] | None = None, dtype=jnp.float32):
@@ -117,6 +122,26 @@ class StyleGenerator(base.Generator):
         jnp.asarray(n, self.dtype) for n in const_noise]
     self._map, self._synthesize, self._synthesize_keys = jitted(
         type(self).mapping, type(self).synthesis, arch)
+
+  @classmethod
+  def from_checkpoint(cls, arch_json, arrays, source, dtype) -> 'StyleGenerator':
+    arch = checkpoint.build_arch(cls.arch_class, arch_json, source)
+    params, const_noise, avg_latent = split_checkpoint(arrays, len(arch.noise_shapes))
+    checkpoint.check_names_and_shapes(params, cls.param_shapes(arch), source)
+    check_extras(arch, avg_latent, const_noise, source)
+    return cls(arch, checkpoint.unflatten(params), avg_latent=avg_latent,
+               const_noise=const_noise, dtype=dtype)
+
+  @classmethod
+  def random(cls, arch_kwargs, seed, dtype) -> 'StyleGenerator':
+    """NVIDIA's initialisation (`init_params`), constant noise from RandomState(seed) and
+    the average W of 1024 mapped z."""
+    arch = base.build_random_arch(cls.arch_class, arch_kwargs)
+    g = cls(arch, cls.init_params(arch, jax.random.key(seed)),
+            const_noise=draw_const_noise(arch, seed), dtype=dtype)
+    z = np.random.RandomState(seed).standard_normal((1024, arch.latent_size))
+    g.avg_latent = jnp.mean(g.map(z)[:, 0], axis=0)
+    return g
 
   @property
   def resolution(self) -> int:

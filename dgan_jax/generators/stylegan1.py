@@ -23,9 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dgan_jax.generators import base
-from dgan_jax.generators import checkpoint
 from dgan_jax.generators import style
-from dgan_jax.generators.style import draw_const_noise
 from dgan_jax.generators.checkpoint import unflatten
 
 Params = dict[str, Any]
@@ -257,28 +255,11 @@ class StyleGAN1Generator(style.StyleGenerator):
   """A StyleGAN (v1) network (see `style.StyleGenerator` for the API)."""
 
   family = 'stylegan1'
+  arch_class = StyleGAN1Arch
   mapping = staticmethod(mapping)
   synthesis = staticmethod(synthesis)
-
-  @classmethod
-  def from_checkpoint(cls, arch_json, arrays, source, dtype) -> 'StyleGAN1Generator':
-    arch = checkpoint.build_arch(StyleGAN1Arch, arch_json, source)
-    params, const_noise, avg_latent = style.split_checkpoint(arrays, arch.num_ws)
-    checkpoint.check_names_and_shapes(params, param_shapes(arch), source)
-    style.check_extras(arch, avg_latent, const_noise, source)
-    return cls(arch, unflatten(params), avg_latent=avg_latent, const_noise=const_noise,
-               dtype=dtype)
-
-  @classmethod
-  def random(cls, arch_kwargs, seed, dtype) -> 'StyleGAN1Generator':
-    """NVIDIA's initialisation (`init_params`), constant noise from RandomState(seed) and
-    the average W of 1024 mapped z."""
-    arch = base.build_random_arch(StyleGAN1Arch, arch_kwargs)
-    g = cls(arch, init_params(arch, jax.random.key(seed)),
-            const_noise=draw_const_noise(arch, seed), dtype=dtype)
-    z = np.random.RandomState(seed).standard_normal((1024, arch.latent_size))
-    g.avg_latent = jnp.mean(g.map(z)[:, 0], axis=0)
-    return g
+  param_shapes = staticmethod(param_shapes)
+  init_params = staticmethod(init_params)
 
   @property
   def feature_specs(self) -> tuple[base.FeatureSpec, ...]:

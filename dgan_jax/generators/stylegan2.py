@@ -31,7 +31,6 @@ import numpy as np
 
 from dgan_jax.errors import InputError
 from dgan_jax.generators import base
-from dgan_jax.generators import checkpoint
 from dgan_jax.generators import style
 from dgan_jax.generators.checkpoint import unflatten
 
@@ -69,6 +68,8 @@ class StyleGAN2Arch:
   img_channels: int = 3
 
   def __post_init__(self):
+    if isinstance(self.channels, list):   # as generator.json stores it
+      object.__setattr__(self, 'channels', tuple(self.channels))
     if not isinstance(self.resolution, int) or isinstance(self.resolution, bool):
       raise ValueError(f'resolution must be an integer, got {self.resolution!r}')
     if self.resolution < 4 or self.resolution & (self.resolution - 1) or self.resolution > 1024:
@@ -318,34 +319,11 @@ class StyleGAN2Generator(style.StyleGenerator):
   """
 
   family = 'stylegan2'
+  arch_class = StyleGAN2Arch
   mapping = staticmethod(mapping)
   synthesis = staticmethod(synthesis)
-
-  @classmethod
-  def from_checkpoint(cls, arch_json, arrays, source, dtype) -> 'StyleGAN2Generator':
-    arch_json = dict(arch_json)
-    if isinstance(arch_json.get('channels'), list):
-      arch_json['channels'] = tuple(arch_json['channels'])
-    arch = checkpoint.build_arch(StyleGAN2Arch, arch_json, source)
-    params, const_noise, avg_latent = style.split_checkpoint(arrays, len(arch.noise_shapes))
-    checkpoint.check_names_and_shapes(params, param_shapes(arch), source)
-    style.check_extras(arch, avg_latent, const_noise, source)
-    return cls(arch, unflatten(params), avg_latent=avg_latent, const_noise=const_noise,
-               dtype=dtype)
-
-  @classmethod
-  def random(cls, arch_kwargs, seed, dtype) -> 'StyleGAN2Generator':
-    """NVIDIA's initialisation (`init_params`), constant noise from RandomState(seed) and
-    the average W of 1024 mapped z."""
-    arch = base.build_random_arch(StyleGAN2Arch, arch_kwargs)
-    if arch.c_dim:
-      raise InputError('config.generator.random_init.arch.c_dim: the pipeline draws '
-                       'unconditional StyleGAN2 samples only; set c_dim=0')
-    g = cls(arch, init_params(arch, jax.random.key(seed)),
-            const_noise=style.draw_const_noise(arch, seed), dtype=dtype)
-    z = np.random.RandomState(seed).standard_normal((1024, arch.z_dim))
-    g.avg_latent = jnp.mean(g.map(z)[:, 0], axis=0)
-    return g
+  param_shapes = staticmethod(param_shapes)
+  init_params = staticmethod(init_params)
 
   @property
   def feature_specs(self) -> tuple[base.FeatureSpec, ...]:
