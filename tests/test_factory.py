@@ -267,3 +267,15 @@ def test_the_determinism_guarantee_across_batch_sizes():
     np.testing.assert_array_equal(outs[batch]['label'], outs[8]['label'])
     assert np.abs(outs[batch]['image'].astype(int) - outs[8]['image']).max() <= 1
     np.testing.assert_allclose(outs[batch]['uncertainty'], outs[8]['uncertainty'], rtol=1e-5)
+
+
+def test_stylegan_z_derivation_is_pinned():
+  """z of sample i is N(0, I) from fold_in(fold_in(key(seed), 0), i), as the README states:
+  literal values, so that a change of the derivation (which would change every dataset)
+  fails here. Sample 2**31 is the first stand-in test image."""
+  z = np.asarray(latents.sample_z(0, np.array([0, 7, 2 ** 31], np.uint32), 512))
+  np.testing.assert_allclose(z[:, :3], [[-0.57478017, 0.79983664, -0.25960687],
+                                        [-1.10011, 1.1785, 1.7662371],
+                                        [0.5095698, 0.5378018, -0.29484382]], atol=1e-6)
+  z = np.asarray(latents.sample_z(3, np.array([1], np.uint32), 512))
+  np.testing.assert_allclose(z[0, :3], [-0.30188408, -0.0071482, -1.1109128], atol=1e-6)
