@@ -26,12 +26,6 @@ flags.DEFINE_string('workdir', './workdir', 'Where every stage reads and writes.
 flags.DEFINE_string('stages', None, "Comma-separated stages to run (default: the config's).")
 
 
-def _root_cause(error: BaseException) -> BaseException:
-  while (error.__cause__ or error.__context__) is not None:
-    error = error.__cause__ or error.__context__
-  return error
-
-
 def _unknown_override(argv: list[str]) -> str | None:
   """The first --config.a.b override naming no field of the schema, with the closest
   field name, or None."""
@@ -54,12 +48,16 @@ def _unknown_override(argv: list[str]) -> str | None:
 
 def _one_line(error: BaseException, argv: list[str]) -> str:
   """A config file's or override's failure -> one line naming the file or field."""
-  cause = _root_cause(error)
+  chain, link = [], error
+  while link is not None:   # the exception, what caused it, ... the root cause
+    chain.append(link)
+    link = link.__cause__ or link.__context__
+  cause = chain[-1]
   config_file = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')),
                      _DEFAULT_CONFIG)
   if isinstance(cause, SyntaxError):
     return f'{cause.filename}:{cause.lineno}: syntax error in the config file ({cause.msg})'
-  if isinstance(cause, FileNotFoundError) or 'No such file or directory' in str(cause):
+  if any('Failed loading config file' in str(link) for link in chain):
     return f'--config: {config_file}: no such file'
   unknown = _unknown_override(argv)
   if unknown:

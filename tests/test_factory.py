@@ -279,3 +279,14 @@ def test_stylegan_z_derivation_is_pinned():
                                         [0.5095698, 0.5378018, -0.29484382]], atol=1e-6)
   z = np.asarray(latents.sample_z(3, np.array([1], np.uint32), 512))
   np.testing.assert_allclose(z[0, :3], [-0.30188408, -0.0071482, -1.1109128], atol=1e-6)
+
+
+def test_ties_at_the_threshold_keep_the_smaller_index():
+  """README: the most uncertain fraction is dropped, ties going to the smaller index."""
+  from dgan_jax import generate   # pylint: disable=import-outside-toplevel
+  indices = np.array([5, 3, 9, 1])
+  kept, threshold = generate.select(indices, np.array([0.2, 0.5, 0.5, 0.1]), 0.25)
+  np.testing.assert_array_equal(kept, [True, True, False, True])
+  assert threshold == 0.5
+  kept, _ = generate.select(indices, np.full(4, 0.3), 0.5)   # all tied: 1 and 3 stay
+  np.testing.assert_array_equal(kept, [False, True, False, True])

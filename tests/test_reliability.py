@@ -196,12 +196,25 @@ def test_cli_errors_are_one_line(tmp_path):
 # ----------------------------------------------------------------------------------------
 # Nothing stale is reused.
 
-def test_changed_sampling_regenerates_every_shard(tmp_path, stylegan_workdir):
-  """Generate 20 samples, then rerun with another truncation psi and 24 samples: every
-  sample is made anew under the new psi, none of the 20 old ones is kept."""
+def test_more_samples_keep_the_old_shards_and_changed_sampling_remakes_all(
+    tmp_path, stylegan_workdir):
+  """Generate 20 samples (shards of 8, 8, 4). Asking for 24 under the same plan keeps the
+  two full shards and makes only the rest. Then another truncation psi: every sample is
+  made anew under it, none of the old ones is kept."""
   workdir = tmp_path / 'work'
   shutil.copytree(stylegan_workdir, workdir)
   before = json.loads((workdir / 'dataset' / 'generation.json').read_text())
+  raw = workdir / 'generate' / 'raw'
+  kept_shards = {name: os.path.getmtime(raw / name) for name in (
+      'shard-00000-n8.array_record', 'shard-00001-n8.array_record')}
+  result = run_main('--config=configs/test.py', f'--workdir={workdir}', '--stages=generate',
+                    '--config.generate.num_samples=24')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert {name: os.path.getmtime(raw / name) for name in kept_shards} == kept_shards
+  assert (raw / 'shard-00002-n8.array_record').exists()
+  more = json.loads((workdir / 'dataset' / 'generation.json').read_text())
+  assert [s['uncertainty'] for s in more['samples'][:20]] == [
+      s['uncertainty'] for s in before['samples']]
   result = run_main('--config=configs/test.py', f'--workdir={workdir}', '--stages=generate',
                     '--config.generator.truncation_psi=0.3',
                     '--config.generate.num_samples=24')
