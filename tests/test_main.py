@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_main
+from conftest import REPO, run_main
 from dgan_jax import config as config_lib
 from dgan_jax import generators
 from dgan_jax.data import images as image_utils
@@ -50,7 +50,8 @@ def test_missing_checkpoint_says_how_to_get_it(tmp_path):
   result = run_main('--config=configs/car20.py', f'--workdir={tmp_path}')
   assert result.returncode != 0
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith('error: config.generator.checkpoint: checkpoints/stylegan1_car512')
+  assert last.startswith('error: config.generator.checkpoint: '
+                         + os.path.join(REPO, 'checkpoints', 'stylegan1_car512'))
   assert 'python -m convert_weights stylegan1' in last
   assert 'Traceback' not in result.stderr
 

@@ -91,7 +91,8 @@ def _config():
 
 
 @pytest.mark.slow
-def test_interrupted_stage_resumes_from_its_checkpoints(trained, tmp_path, monkeypatch):
+def test_interrupted_stage_resumes_from_its_checkpoints(trained, tmp_path, monkeypatch,
+                                                        capsys):
   from dgan_jax import stages  # pylint: disable=import-outside-toplevel
   workdir = tmp_path / 'work'
   shutil.copytree(trained / 'annotate', workdir / 'annotate')
@@ -111,9 +112,12 @@ def test_interrupted_stage_resumes_from_its_checkpoints(trained, tmp_path, monke
     stages.train_interpreter(config, str(workdir))
   partial = workdir / 'interpreter.partial'
   assert (partial / 'check.png').exists() and not (workdir / 'interpreter').exists()
-  assert sorted(os.listdir(partial / 'checkpoints')) == ['40', '45']
+  assert sorted(p for p in os.listdir(partial / 'checkpoints') if p.isdigit()) == ['40', '45']
   monkeypatch.setattr(interpreter, 'train', real_train)
   stages.train_interpreter(config, str(workdir))
   history = np.load(workdir / 'interpreter' / 'history.npz')
-  assert history['step'].tolist() == [50, 60]  # resumed at step 45, not from scratch
+  # Resumed at step 45, not from scratch; the history covers every logged step of both
+  # sessions (45: where the first one stopped and logged).
+  assert history['step'].tolist() == [10, 20, 30, 40, 45, 50, 60]
+  assert 'resumed at step 45' in capsys.readouterr().out
   assert json.loads((workdir / 'interpreter' / 'info.json').read_text())['steps'] == 60
