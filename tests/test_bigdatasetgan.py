@@ -677,8 +677,8 @@ def test_missing_biggan_checkpoint_says_how_to_get_it(tmp_path):
   result = run_main('--config=configs/bigdatasetgan.py', f'--workdir={tmp_path}')
   assert result.returncode != 0
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith('error: config.generator.checkpoint: checkpoints/biggan512 does '
-                         'not exist.')
+  checkpoint = os.path.join(conftest.REPO, 'checkpoints', 'biggan512')   # resolved
+  assert last.startswith(f'error: config.generator.checkpoint: {checkpoint} does not exist.')
   assert 'biggan-512.pth' in last and 'tfhub.dev/deepmind/biggan-512' in last
   assert 'python -m convert_weights biggan biggan-512.pth checkpoints/biggan512' in last
   assert 'Traceback' not in result.stderr
