@@ -109,8 +109,8 @@ def generate_shards(factory, features, raw_dir: str, num_samples: int, samples_p
         need = (f'about {left * np.mean(written) / 2**30:.2f} GB more for the {left} '
                 'shards left' if written else f'room for {left} more shards')
         raise InputError(f'{raw_dir}: the disk filled up while writing {base}.array_record; '
-                         f'the {len(written)} shards finished are kept, and it needs {need}; '
-                         'free space and rerun') from None
+                         f'the finished shards are kept ({len(written)} of them from this run), '
+                         f'and it needs {need}; free space and rerun') from None
       written.append(os.path.getsize(base + '.array_record'))
   seconds = time.time() - start_time
   return {'generated': generated, 'seconds': round(seconds, 3),

@@ -448,3 +448,42 @@ def test_a_full_disk_leaves_no_partial_dataset(tmp_path, stylegan_workdir, monke
   with pytest.raises(InputError, match=r'disk filled up.*needs about 0\.\d\d GB free'):
     stages.generate(test_config.get_config(), str(workdir))
   assert sorted(p.name for p in workdir.iterdir() if p.name.startswith('dataset')) == []
+
+
+def test_a_full_disk_while_writing_shards_keeps_the_finished_ones(tmp_path, stylegan_workdir,
+                                                                  monkeypatch):
+  from configs import test as test_config   # pylint: disable=import-outside-toplevel
+  from dgan_jax import stages   # pylint: disable=import-outside-toplevel
+  from dgan_jax.data import tfds_writer   # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / 'work'
+  shutil.copytree(stylegan_workdir, workdir)
+  raw = workdir / 'generate' / 'raw'
+  for path in raw.glob('shard-0000[12]*'):   # shards 1 and 2 to make again
+    path.unlink()
+  shutil.rmtree(workdir / 'dataset')
+
+  def disk_full(self, example):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+  monkeypatch.setattr(tfds_writer.RecordWriter, 'write', disk_full)
+  with pytest.raises(InputError, match=r'disk filled up while writing .*shard-00001-n8'
+                                       r'.*finished shards are kept .0 of them.*room for 2'):
+    stages.generate(test_config.get_config(), str(workdir))
+  assert sorted(p.name for p in raw.iterdir()) == ['shard-00000-n8.array_record',
+                                                    'shard-00000-n8.scores.npy']
+
+
+def test_an_unwritable_workdir_is_one_line(tmp_path, monkeypatch):
+  """Tests run as root, for whom permissions do not bite: os.access stands in."""
+  from absl import flags   # pylint: disable=import-outside-toplevel
+  from dgan_jax import main as main_lib   # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / 'read_only'
+  workdir.mkdir()
+  monkeypatch.setattr(os, 'access', lambda path, mode: str(path) != str(workdir))
+  try:
+    argv = main_lib.parse_flags(['dgan_jax.main', '--config=configs/test.py',
+                                 f'--workdir={workdir}'])
+    with pytest.raises(SystemExit, match=f'error: --workdir: {workdir} is not writable'):
+      main_lib.main(argv)
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert list(workdir.iterdir()) == []
