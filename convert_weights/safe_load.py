@@ -88,19 +88,7 @@ class TFNetworkStub:
   """Stands in for `dnnlib.tflib.network.Network`: keeps the pickled state as data."""
 
   def __setstate__(self, state):
-    self.state = state
-
-  @property
-  def name(self) -> str:
-    return self.state.get('name', '') if isinstance(self.state, dict) else ''
-
-  @property
-  def components(self) -> dict:
-    return self.state.get('components', {}) if isinstance(self.state, dict) else {}
-
-  @property
-  def variables(self) -> dict[str, np.ndarray]:
-    return {name: np.asarray(value) for name, value in self.state.get('variables', [])}
+    self.state = state   # checked by tf_generator_variables
 
 
 def tf_generator_variables(gs, source: str) -> tuple[dict[str, np.ndarray],

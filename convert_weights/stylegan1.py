@@ -17,8 +17,8 @@ from dgan_jax.generators import checkpoint
 from dgan_jax.generators import style
 from dgan_jax.generators import stylegan1
 from dgan_jax.generators.checkpoint import CheckpointError
-import convert_weights
 from convert_weights import safe_load
+from convert_weights import style as style_converter
 
 NVIDIA_FMAP_BASE = 8192
 
@@ -124,14 +124,6 @@ def _apply_name_map(source_arrays: dict[str, np.ndarray], names: dict, source: s
     raise CheckpointError(f'{source}: a weight of the wrong rank ({e})') from None
 
 
-def _check_avg_latent(avg, arch, source):
-  avg = np.asarray(avg, np.float32)
-  if avg.shape not in ((arch.dlatent_size,), (arch.num_ws, arch.dlatent_size)):
-    raise CheckpointError(f'{source}: average W must be [{arch.dlatent_size}] or '
-                          f'[{arch.num_ws}, {arch.dlatent_size}], got {avg.shape}')
-  return avg
-
-
 def from_torch_state_dict(state_dict: dict[str, np.ndarray], source: str = 'state dict'):
   """DatasetGAN `g_all` state dict -> (arch, flat params, avg_latent or None).
 
@@ -172,7 +164,9 @@ def from_torch_state_dict(state_dict: dict[str, np.ndarray], source: str = 'stat
   flat = _apply_name_map(state_dict, _torch_name_map(arch), source, ignore)
   checkpoint.check_names_and_shapes(flat, stylegan1.param_shapes(arch), source)
   avg = state_dict.get('truncation.avg_latent')
-  return arch, flat, None if avg is None else _check_avg_latent(avg, arch, source)
+  if avg is not None:
+    style.check_extras(arch, avg, None, source)
+  return arch, flat, avg
 
 
 def from_tf_networks(gs: safe_load.TFNetworkStub, source: str = 'Gs'):
@@ -210,7 +204,9 @@ def from_tf_networks(gs: safe_load.TFNetworkStub, source: str = 'Gs'):
   if all(f'synthesis/noise{j}' in variables for j in range(num_noise)):
     noise = [variables[f'synthesis/noise{j}'].transpose(0, 2, 3, 1) for j in range(num_noise)]
   avg = own.get('dlatent_avg')
-  return arch, flat, None if avg is None else _check_avg_latent(avg, arch, source), noise
+  if avg is not None:
+    style.check_extras(arch, avg, None, source)
+  return arch, flat, avg, noise
 
 
 def convert(src: str, dst: str, avg_latent_path: str | None = None, noise_seed: int = 0) -> dict:
@@ -228,23 +224,7 @@ def convert(src: str, dst: str, avg_latent_path: str | None = None, noise_seed: 
     noise = None
     source_format = 'datasetgan-pytorch'
   info = {'source': os.path.abspath(src), 'source_format': source_format}
-  if noise is None:
-    noise = style.draw_const_noise(arch, noise_seed)
-    info['const_noise'] = f'drawn at conversion: numpy RandomState({noise_seed}) N(0, 1)'
-  else:
-    info['const_noise'] = 'from the checkpoint (noise0..)'
-  if avg_latent_path:
-    try:
-      avg = np.load(avg_latent_path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-      raise CheckpointError(f'{avg_latent_path}: cannot read the average latent ({e})') from None
-    avg = _check_avg_latent(avg, arch, avg_latent_path)
-  extras = {f'noise/{j}': n for j, n in enumerate(noise)}
-  if avg is not None:
-    extras['avg_latent'] = avg
-  info['avg_latent'] = 'none' if avg is None else str(tuple(avg.shape))
-  checkpoint.save(dst, arch.to_json(), checkpoint.unflatten(flat), extras, info)
-  return info
+  return style_converter.save(dst, arch, flat, avg, noise, info, avg_latent_path, noise_seed)
 
 
 OUTPUT_META = 'generator.json'
@@ -252,12 +232,9 @@ HELP = 'StyleGAN (v1): DatasetGAN .pt or NVIDIA TF .pkl'
 
 
 def add_arguments(parser) -> None:
-  parser.add_argument('src')
-  parser.add_argument('dst')
-  parser.add_argument('--avg-latent', help='.npy average W, [512] or [num_ws, 512] '
-                      "(DatasetGAN's avg_latent_stylegan1.npy); TF pickles carry their own")
-  parser.add_argument('--noise-seed', type=convert_weights.non_negative_int, default=0,
-                      help='seed of the constant noise stored when SRC has none (default 0)')
+  style_converter.add_arguments(parser, '.npy average W, [512] or [num_ws, 512] '
+                                "(DatasetGAN's avg_latent_stylegan1.npy); TF pickles carry "
+                                'their own')
 
 
 def run(args) -> str:

@@ -28,8 +28,8 @@ from dgan_jax.generators import checkpoint
 from dgan_jax.generators import style
 from dgan_jax.generators import stylegan2
 from dgan_jax.generators.checkpoint import CheckpointError
-import convert_weights
 from convert_weights import safe_load
+from convert_weights import style as style_converter
 
 WHAT = 'StyleGAN2 checkpoint'
 
@@ -416,27 +416,10 @@ def convert(src: str, dst: str, avg_latent_path: str | None = None, noise_seed: 
   source_format, arch, flat, avg, noise = read(src)
   info = {'source': os.path.abspath(src), 'source_format': source_format,
           'feature_names': [f'b{r}.{n}' for r, n in arch.layers]}
-  if noise is None:
-    noise = style.draw_const_noise(arch, noise_seed)
-    info['const_noise'] = f'drawn at conversion: numpy RandomState({noise_seed}) N(0, 1)'
-  else:
-    info['const_noise'] = 'from the checkpoint'
-  if avg_latent_path:
-    try:
-      avg = np.load(avg_latent_path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-      raise CheckpointError(f'{avg_latent_path}: cannot read the average latent ({e})'
-                            ) from None
-    style.check_extras(arch, avg, None, avg_latent_path)
   if source_format.startswith('rosinality'):
     info['truncation'] = ("rosinality's truncation moves every layer: set "
                           f'config.generator.truncation_cutoff={arch.num_ws} to match it')
-  extras = {f'noise/{j}': n for j, n in enumerate(noise)}
-  if avg is not None:
-    extras['avg_latent'] = avg
-  info['avg_latent'] = 'none' if avg is None else str(tuple(np.shape(avg)))
-  checkpoint.save(dst, arch.to_json(), checkpoint.unflatten(flat), extras, info)
-  return info
+  return style_converter.save(dst, arch, flat, avg, noise, info, avg_latent_path, noise_seed)
 
 
 OUTPUT_META = 'generator.json'
@@ -445,12 +428,9 @@ HELP = ('StyleGAN2 / StyleGAN2-ADA: stylegan2-ada-pytorch .pkl, NVIDIA TF .pkl o
 
 
 def add_arguments(parser) -> None:
-  parser.add_argument('src')
-  parser.add_argument('dst')
-  parser.add_argument('--avg-latent', help='.npy average W, [w_dim] or [num_ws, w_dim], '
-                      'replacing the checkpoint\'s (needed for truncation when it has none)')
-  parser.add_argument('--noise-seed', type=convert_weights.non_negative_int, default=0,
-                      help='seed of the constant noise stored when SRC has none (default 0)')
+  style_converter.add_arguments(parser, '.npy average W, [w_dim] or [num_ws, w_dim], '
+                                "replacing the checkpoint's (needed for truncation when it "
+                                'has none)')
 
 
 def run(args) -> str:

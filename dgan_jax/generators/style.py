@@ -83,6 +83,17 @@ def check_extras(arch, avg_latent, const_noise, source: str) -> None:
                                        f'{list(np.shape(n))}')
 
 
+def read_avg_latent(path: str, arch) -> np.ndarray:
+  """An average-W .npy file ([D] or [num_ws, D], read as data) -> float32 array;
+  InputError naming the file when it is unreadable or of the wrong shape."""
+  try:
+    avg = np.load(path, allow_pickle=False)
+  except (OSError, ValueError, EOFError) as e:
+    raise InputError(f'{path}: not a readable .npy array ({e})') from None
+  check_extras(arch, avg, None, path)
+  return avg.astype(np.float32)
+
+
 def _is_key_array(x) -> bool:
   return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
@@ -166,15 +177,7 @@ class StyleGenerator(base.Generator):
 
   def set_avg_latent(self, path: str) -> None:
     """Replaces the checkpoint's average W by a .npy file ([D] or [num_ws, D])."""
-    d = self.arch.dlatent_size
-    try:
-      avg = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-      raise InputError(f'{path}: not a readable .npy array ({e})') from None
-    if avg.shape not in ((d,), (self.num_ws, d)):
-      raise InputError(f'{path}: average W must be [{d}] or [{self.num_ws}, {d}], got '
-                       f'{avg.shape}')
-    self.avg_latent = jnp.asarray(avg, jnp.float32)
+    self.avg_latent = jnp.asarray(read_avg_latent(path, self.arch))
 
   def sampling(self, config) -> base.StyleSampling:
     sampling = base.StyleSampling.from_config(config, self.arch.latent_size, self.num_ws)
