@@ -9,6 +9,7 @@ import math
 import ml_collections
 
 from dgan_jax import labelers
+from dgan_jax.annotations import labels
 from dgan_jax.errors import InputError
 
 STAGES = ('sample', 'annotate', 'train_interpreter', 'generate', 'train_downstream', 'evaluate',
@@ -47,6 +48,9 @@ def base() -> ml_collections.ConfigDict:
   config.data.num_classes = 2
   config.data.class_names = ('background', 'object')
   config.data.palette = ()              # flat RGB triples; empty: a generated palette
+  # Imported annotations (python -m dgan_jax.annotations import): other spellings of
+  # class names, {'auto': 'car'}; names match class_names case-insensitively anyway.
+  config.data.label_aliases = ml_collections.ConfigDict()
   config.data.crop_rows = ()            # (start, stop) rows kept, in feature_size pixels
   config.data.annotation_dir = ''       # annotated images + masks (DatasetGAN layout)
   config.data.latents = ''              # latents of the annotated images ([N, 512] z)
@@ -286,6 +290,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if data.eval_class_map and len(data.eval_class_map) != data.num_classes:
     raise InputError(f'config.data.eval_class_map needs one test class per class '
                      f'({data.num_classes}), has {len(data.eval_class_map)}')
+  labels.LabelSet.from_config(data)         # InputError naming a bad label alias
   labelers.labeler_class(config.labeler)   # InputError naming an unknown labeler
   selected_stages(config)                   # InputError naming an unknown stage
   if config.distributed.process_id >= config.distributed.num_processes:

@@ -20,6 +20,8 @@ from dgan_jax import generators
 from dgan_jax import io
 from dgan_jax import labelers
 from dgan_jax import parallel
+from dgan_jax.annotations import export
+from dgan_jax.annotations import labels
 from dgan_jax.data import annotated
 from dgan_jax.data import images as image_utils
 from dgan_jax.downstream import run as downstream_run
@@ -38,7 +40,8 @@ def sample(config, workdir: str) -> None:
   """DatasetGAN's make_training_data: images to annotate and what regenerates them, in
   the generator's annotation format (dgan_jax/data/annotated.py): image_{i}.png +
   latents.npy, or BigDatasetGAN's layout for class-conditional generators. Also
-  samples.png (a grid) and info.json. Images are cropped to config.data.crop_rows."""
+  samples.png (a grid), the classes in each labelling tool's format
+  (dgan_jax/annotations/export.py) and info.json. Images are cropped to config.data.crop_rows."""
   out = os.path.join(workdir, io.ANNOTATE)
   if os.path.exists(out):
     logging.info('sample: %s exists, skipping', out)
@@ -52,6 +55,7 @@ def sample(config, workdir: str) -> None:
   images = image_utils.crop_rows(images, config.data)
   with io.atomic_dir(out) as tmp:
     record = annotated.write_samples(tmp, g, images, inputs, config.sample.grid_columns)
+    record['label_files'] = export.export(tmp, labels.LabelSet.from_config(config.data))
     io.write_json(os.path.join(tmp, 'info.json'),
                   {'num_samples': count, 'seed': config.seed, 'generator': g.family,
                    **record, **sampling.record(), 'seconds': round(time.time() - start, 2)})
