@@ -493,3 +493,18 @@ def test_cli_import_then_train_interpreter(stylegan_workdir, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   info = json.loads((workdir / 'interpreter' / 'info.json').read_text())
   assert info['annotation_dir'] == str(folder) and info['num_annotated'] == 4
+
+
+def test_label_aliases_are_checked_with_the_config():
+  import importlib  # pylint: disable=import-outside-toplevel
+  from dgan_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  config = importlib.import_module('configs.test').get_config()
+  with config.unlocked():
+    config.data.label_aliases = {'A': 'Part_A'}
+  config_lib.validate(config)
+  assert labels_lib.LabelSet.from_config(config.data).id_of('a', 'x') == 1
+  with config.unlocked():
+    config.data.label_aliases = {'tyre': 'wheel'}
+  with pytest.raises(InputError, match=r"config.data.label_aliases.tyre: 'wheel' is not in "
+                     r"config.data.class_names \['background', 'part_a', 'part_b'\]"):
+    config_lib.validate(config)
