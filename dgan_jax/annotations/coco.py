@@ -35,11 +35,7 @@ def _rle(segmentation: dict, height: int, width: int, where: str) -> np.ndarray:
 def read(src: str, labels, tolerance: float) -> list[records.Annotation]:
   """SRC: the instances JSON."""
   del tolerance
-  found = records.files(src, '.json', FORMAT)
-  if len(found) > 1:
-    raise InputError(f'{src}: {len(found)} JSON files here; give the instances JSON itself')
-  path = found[0]
-  data = records.load_json(path, FORMAT)
+  path, data = records.single_json(src, FORMAT)
   if not isinstance(data, dict) or not all(isinstance(data.get(k), list)
                                            for k in ('images', 'annotations', 'categories')):
     raise records.not_format(path, FORMAT, 'an object with "images", "annotations" and '

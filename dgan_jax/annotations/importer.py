@@ -27,7 +27,7 @@ REPORT_IMAGE = 'annotations.png'
 REPORT_JSON = 'annotations.json'
 
 
-def _pair(records, catalogue, src: str):
+def _pair(records, catalogue):
   """-> {sample stem: (sample, record)}; InputError for an annotation of no sample or two
   annotations of one."""
   by_name = {name: sample for sample in catalogue for name in sample.names}
@@ -103,7 +103,7 @@ def import_annotations(format_name: str, src: str, folder: str, labels,
     raise InputError(f'{src}: no such file or folder')
   folder_format = annotated.detect_format(folder)
   catalogue = samples_lib.catalogue(folder)
-  paired = _pair(READERS[format_name](src, labels, tolerance), catalogue, src)
+  paired = _pair(READERS[format_name](src, labels, tolerance), catalogue)
   empty = [stem for stem, (_, record) in paired.items()
            if record.mask is None and not record.regions]
   missing = [s for s in catalogue if s.stem not in paired or s.stem in empty]

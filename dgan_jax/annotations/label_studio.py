@@ -75,11 +75,7 @@ def _region(result: dict, labels, where: str):
 def read(src: str, labels, tolerance: float) -> list[records.Annotation]:
   """SRC: the exported JSON file."""
   del tolerance
-  found = records.files(src, '.json', FORMAT)
-  if len(found) > 1:
-    raise InputError(f'{src}: {len(found)} JSON files here; give the exported JSON itself')
-  path = found[0]
-  tasks = records.load_json(path, FORMAT)
+  path, tasks = records.single_json(src, FORMAT)
   if not isinstance(tasks, list) or not all(
       isinstance(t, dict) and isinstance(t.get('data'), dict) for t in tasks):
     raise records.not_format(path, FORMAT, 'a list of tasks with "data"')

@@ -40,6 +40,15 @@ def load_json(path: str, format_name: str):
   return io.read_json(path)
 
 
+def single_json(src: str, format_name: str):
+  """SRC, a JSON file (or a folder holding just one) -> (its path, its content)."""
+  found = files(src, '.json', format_name)
+  if len(found) > 1:
+    raise InputError(f'{src}: {len(found)} JSON files here; give the {format_name} file '
+                     'itself')
+  return found[0], load_json(found[0], format_name)
+
+
 def not_format(path: str, format_name: str, expected: str) -> InputError:
   return InputError(f'{path}: not a {format_name} export ({expected})')
 
