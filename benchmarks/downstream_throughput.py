@@ -1,6 +1,6 @@
 """DeepLabV3 training and inference speed on this machine, ours (JAX, the compiled
 data-parallel step of dgan_jax/downstream/train.py) next to the same network in PyTorch
-(tests/torch_deeplab.py, torchvision's modules: the original's model) measured in the
+(torchvision's deeplabv3_resnet50 / deeplabv3_resnet101: the original's model) measured in the
 same run, and the share of the machine's matmul peak (a jitted 2048x2048 float32 matmul,
 also measured here) that the step reaches by XLA's FLOP count.
 
@@ -97,10 +97,15 @@ def run_torch(args) -> dict:
   import numpy as np  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
   sys.path.insert(0, os.path.join(REPO, 'tests'))
-  import torch_deeplab  # pylint: disable=import-outside-toplevel
+  import conftest  # pylint: disable=import-outside-toplevel
+  conftest.import_torchvision()   # the CUDA wheel beside CPU torch: see there
+  from torchvision.models import segmentation  # pylint: disable=import-outside-toplevel
   torch.manual_seed(0)
-  model = torch_deeplab.DeepLabV3(STAGES[args.depth], 64, NUM_CLASSES, (12, 24, 36), 256)
-  optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+  build = {50: segmentation.deeplabv3_resnet50, 101: segmentation.deeplabv3_resnet101}
+  network = build[args.depth](weights=None, weights_backbone=None, num_classes=NUM_CLASSES,
+                              aux_loss=False)
+  model = lambda x: network(x)['out']
+  optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
   rng = np.random.default_rng(0)
   r = args.resolution
   images = torch.from_numpy(rng.standard_normal((args.batch, 3, r, r)).astype(np.float32))
@@ -112,13 +117,13 @@ def run_torch(args) -> dict:
     loss.backward()
     optimizer.step()
 
-  model.train()
+  network.train()
   train_step()   # warm-up
   start = time.perf_counter()
   for _ in range(args.steps):
     train_step()
   train_seconds = (time.perf_counter() - start) / args.steps
-  model.eval()
+  network.eval()
   with torch.no_grad():
     model(images).argmax(1)
     start = time.perf_counter()

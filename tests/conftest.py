@@ -51,13 +51,41 @@ DATA_DIR = os.path.join(REPO, 'tests', 'data')
 SHARED_GOLDEN = os.path.join(os.path.dirname(REPO), 'shared', 'golden')
 
 
-def golden_path(name: str) -> str:
-  """tests/data/<name> if shipped, else ../shared/golden/<name>; skips when neither."""
+def import_torchvision():
+  """torchvision for its pure-PyTorch models, or a skip without it.
+
+  The package index's torchvision 0.28.0 wheel (the release for torch 2.13) is the CUDA
+  build: its C++ ops (nms, roi_align, ...) cannot load beside the CPU torch, and its
+  `_meta_registrations` module, which registers fake kernels for those ops at import,
+  then fails. That module is stubbed out in that case; the models (ResNet, DeepLabV3)
+  use none of the ops."""
+  pytest.importorskip('torch')
+  try:
+    import torchvision  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    pytest.skip('torchvision is not installed')
+  except RuntimeError as e:
+    if 'torchvision::' not in str(e):
+      raise
+    for name in [n for n in sys.modules if n == 'torchvision' or n.startswith('torchvision.')]:
+      del sys.modules[name]
+    sys.modules['torchvision._meta_registrations'] = types.ModuleType(
+        'torchvision._meta_registrations')
+    import torchvision  # pylint: disable=import-outside-toplevel
+  return torchvision
+
+
+def golden_path(name: str, required: str = '') -> str:
+  """tests/data/<name> if shipped, else ../shared/golden/<name>; skips when neither, or
+  fails when `required` (why no other test covers what this golden checks)."""
   for folder in (DATA_DIR, SHARED_GOLDEN):
     path = os.path.join(folder, name)
     if os.path.exists(path):
       return path
-  pytest.skip(f'{name} not available (neither tests/data nor ../shared/golden)')
+  message = f'{name} not available (neither tests/data nor ../shared/golden)'
+  if required:
+    pytest.fail(f'{message}: {required}')
+  pytest.skip(message)
 
 
 def golden_keys(golden) -> list[tuple[str, tuple[int, ...]]]:

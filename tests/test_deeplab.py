@@ -1,6 +1,7 @@
-"""DeepLabV3 and the ResNet converter against a PyTorch reference built in the tests
-(tests/torch_deeplab.py, torchvision's module names); BatchNorm in training and
-evaluation; the converter's failure modes."""
+"""DeepLabV3 and the ResNet converter against torchvision's own modules (ResNet,
+IntermediateLayerGetter, DeepLabHead, DeepLabV3: the classes deeplabv3_resnet101 builds,
+at a smaller depth); BatchNorm in training and evaluation; the converter's failure
+modes."""
 
 import functools
 import json
@@ -11,15 +12,24 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import import_torchvision
 from conftest import relative_error
 from convert_weights import __main__ as convert_cli
+from convert_weights import resnet as convert_resnet
 from dgan_jax.downstream import deeplab
 from dgan_jax.generators.checkpoint import CheckpointError
 
 torch = pytest.importorskip('torch')
-import torch_deeplab  # pylint: disable=wrong-import-position
+import_torchvision()
+# pylint: disable=wrong-import-position
+from torchvision.models import resnet as tv_resnet
+from torchvision.models import segmentation as tv_segmentation
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.segmentation.deeplabv3 import DeepLabHead
+# pylint: enable=wrong-import-position
 
-LAYERS, WIDTH, RATES, CHANNELS, CLASSES = (1, 1, 2, 1), 4, (1, 2, 3), 8, 3
+# torchvision's widths (64-channel stem, 2048 features, 256 ASPP channels); fewer blocks.
+LAYERS, WIDTH, RATES, CHANNELS, CLASSES = (1, 1, 2, 1), 64, (1, 2, 3), 256, 3
 TOLERANCE = 1e-4
 
 
@@ -28,11 +38,48 @@ def _arch(dropout=0.5):
                              aspp_rates=RATES, aspp_channels=CHANNELS, dropout=dropout)
 
 
-def _torch_deeplab(seed=0, dropout=0.5):
+def randomize_batch_norms(module, seed: int) -> None:
+  """Non-trivial BatchNorm scales, shifts and running statistics."""
+  generator = torch.Generator().manual_seed(seed)
+  for m in module.modules():
+    if isinstance(m, torch.nn.BatchNorm2d):
+      n = m.num_features
+      with torch.no_grad():
+        m.weight.copy_(0.5 + torch.rand(n, generator=generator))
+        m.bias.copy_(0.1 * torch.randn(n, generator=generator))
+        m.running_mean.copy_(0.1 * torch.randn(n, generator=generator))
+        m.running_var.copy_(0.5 + torch.rand(n, generator=generator))
+
+
+def nchw(x_nhwc: np.ndarray):
+  return torch.from_numpy(np.ascontiguousarray(np.asarray(x_nhwc).transpose(0, 3, 1, 2)))
+
+
+def nhwc(x) -> np.ndarray:
+  return x.detach().numpy().transpose(0, 2, 3, 1)
+
+
+def _torch_resnet(seed, num_classes=1000):
+  """torchvision's bottleneck ResNet, output stride 8 as DeepLabV3 builds it."""
   torch.manual_seed(seed)
-  model = torch_deeplab.DeepLabV3(LAYERS, WIDTH, CLASSES, RATES, CHANNELS, dropout)
-  torch_deeplab.randomize_batch_norms(model, seed)
+  model = tv_resnet.ResNet(tv_resnet.Bottleneck, list(LAYERS), num_classes=num_classes,
+                           replace_stride_with_dilation=[False, True, True])
+  randomize_batch_norms(model, seed)
   return model
+
+
+def _torch_deeplab(seed=0, dropout=0.5):
+  """torchvision's DeepLabV3 as deeplabv3_resnet101 assembles it (no auxiliary head)."""
+  backbone = IntermediateLayerGetter(_torch_resnet(seed), return_layers={'layer4': 'out'})
+  head = DeepLabHead(WIDTH * 32, CLASSES, RATES)
+  head[0].project[3].p = dropout      # the ASPP projection's Dropout(0.5)
+  model = tv_segmentation.DeepLabV3(backbone, head)
+  randomize_batch_norms(model, seed + 1)
+  return model
+
+
+def _logits(model, images):
+  return nhwc(model(nchw(images))['out'])
 
 
 def _images(batch=2, height=33, width=41, seed=0):
@@ -78,7 +125,7 @@ def test_deeplab_matches_torch_in_eval_mode(converted_deeplab):
                 images, train=False)
   model.eval()
   with torch.no_grad():
-    reference = torch_deeplab.nhwc(model(torch_deeplab.nchw(images)))
+    reference = _logits(model, images)
   assert ours.shape == (2, 33, 41, CLASSES)
   assert relative_error(ours, reference) < TOLERANCE
 
@@ -96,7 +143,7 @@ def test_batchnorm_training_mode_matches_torch(converted_deeplab):
                          {'params': params, 'batch_stats': batch_stats}, images, train=True,
                          mutable=['batch_stats'])
   model.train()
-  reference = torch_deeplab.nhwc(model(torch_deeplab.nchw(images)))
+  reference = _logits(model, images)
   assert relative_error(ours, reference) < TOLERANCE
   new_stats = mutated['batch_stats']
   pairs = [(new_stats['backbone']['layer3_1']['bn2'], model.backbone.layer3[1].bn2),
@@ -147,9 +194,7 @@ def test_dropout_is_active_only_in_training():
 
 
 def test_imagenet_resnet_becomes_the_backbone(tmp_path):
-  torch.manual_seed(3)
-  resnet = torch_deeplab.ResNet(LAYERS, WIDTH, [False, True, True], num_classes=5)
-  torch_deeplab.randomize_batch_norms(resnet, 3)
+  resnet = _torch_resnet(3, num_classes=5)
   dst = _convert(tmp_path, resnet.state_dict(), 'resnet')
   meta, _ = deeplab.load_converted(dst)
   assert meta['contains'] == 'backbone'
@@ -166,19 +211,19 @@ def test_imagenet_resnet_becomes_the_backbone(tmp_path):
                 images, train=False)
   resnet.eval()
   with torch.no_grad():
-    reference = torch_deeplab.nhwc(resnet.features(torch_deeplab.nchw(images)))
+    reference = nhwc(IntermediateLayerGetter(resnet, {'layer4': 'out'})(nchw(images))['out'])
   assert ours.shape == (2, 5, 4, arch.feature_channels)   # output stride 8
   assert relative_error(ours, reference) < TOLERANCE
   # A config asking for another backbone is told which one the weights are.
-  wider = deeplab.DeepLabArch(num_classes=CLASSES, stage_sizes=LAYERS, width=8,
-                              aspp_rates=RATES, aspp_channels=CHANNELS)
-  params, batch_stats = deeplab.init(wider, 1)
-  with pytest.raises(CheckpointError, match=r'width 4; the config asks for .*wrong shape'):
-    deeplab.with_pretrained_backbone(params, batch_stats, dst, wider)
+  narrower = deeplab.DeepLabArch(num_classes=CLASSES, stage_sizes=LAYERS, width=32,
+                                 aspp_rates=RATES, aspp_channels=CHANNELS)
+  params, batch_stats = deeplab.init(narrower, 1)
+  with pytest.raises(CheckpointError, match=r'width 64; the config asks for .*wrong shape'):
+    deeplab.with_pretrained_backbone(params, batch_stats, dst, narrower)
 
 
 def test_converter_names_what_is_wrong(tmp_path, capsys):
-  resnet = torch_deeplab.ResNet(LAYERS, WIDTH, [False, True, True])
+  resnet = _torch_resnet(0)
   state = dict(resnet.state_dict())
   del state['layer3.1.bn2.running_var']
   state['layer3.1.extra.weight'] = torch.zeros(1)
@@ -204,15 +249,27 @@ def test_converter_names_what_is_wrong(tmp_path, capsys):
     deeplab.load_converted(str(tmp_path))
 
 
-def test_resnet101_shapes_match_torchvision():
-  """Parameter count of torchvision's deeplabv3_resnet101(num_classes=21, aux_loss=None):
-  60,996,202 with the auxiliary FCN head, whose 2,365,205 parameters are not built here."""
-  shapes = deeplab.variable_shapes(deeplab.DeepLabArch(num_classes=21))
-  total = sum(int(np.prod(s)) for k, s in shapes.items() if k.startswith('params/'))
-  assert total == 60_996_202 - 2_365_205
+def test_torchvision_deeplabv3_resnet101_converts_name_for_name():
+  """torchvision's deeplabv3_resnet101 itself (random weights): every tensor of its state
+  dict but the auxiliary FCN head maps onto a variable of DeepLabArch's defaults, shape for
+  shape, and the parameter counts agree."""
+  model = tv_segmentation.deeplabv3_resnet101(weights=None, weights_backbone=None,
+                                              num_classes=21, aux_loss=True)
+  state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+  arch, flat, info = convert_resnet.from_torch_state_dict(state)
+  assert arch == deeplab.DeepLabArch(num_classes=21)
+  assert sorted(k for k in info['dropped'] if not k.endswith('num_batches_tracked')) == sorted(
+      k for k in state if k.startswith('aux_classifier.') and not k.endswith('batches_tracked'))
+  shapes = deeplab.variable_shapes(arch)
+  assert {k: v.shape for k, v in flat.items()} == shapes
+  torch_count = sum(p.numel() for name, p in model.named_parameters()
+                    if not name.startswith('aux_classifier.'))
+  assert sum(int(np.prod(s)) for k, s in shapes.items() if k.startswith('params/')) == \
+      torch_count == 60_996_202 - 2_365_205
   assert shapes['params/backbone/layer4_2/conv2/kernel'] == (3, 3, 512, 512)
-  assert deeplab.DeepLabArch(num_classes=21).stage_layout() == [
-      (1, 1, 1), (2, 1, 1), (1, 1, 2), (1, 2, 4)]
+  assert arch.stage_layout() == [(1, 1, 1), (2, 1, 1), (1, 1, 2), (1, 2, 4)]
+  np.testing.assert_array_equal(flat['params/backbone/layer3_22/conv2/kernel'],
+                                state['backbone.layer3.22.conv2.weight'].transpose(2, 3, 1, 0))
 
 
 def test_initialization_follows_torchvision():

@@ -323,6 +323,35 @@ def run_main(*args):
   return conftest.run_main(*args, timeout=900)
 
 
+def _recompute_fold(record, run, k, workdir, test_dir):
+  """Fold k of `run` from its selected epoch's checkpoint: the network run here on the
+  test images outside the fold's validation pair, IoU counted with metrics.iou_counts,
+  classes summed over images -> the fold's test_miou and class_iou."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from dgan_jax.downstream import metrics  # pylint: disable=import-outside-toplevel
+  fold = record['runs'][run]['folds'][k]
+  config = importlib.import_module('configs.test').get_config()
+  arch = run_lib.arch_from_config(config, 3)
+  variables = train_lib.restore_epoch(str(workdir / 'downstream' / run), fold['selected_epoch'],
+                                      arch)
+  test = data_lib.read_test_folder(str(test_dir), 3, config.downstream.resolution)
+  keep = [i for i, name in enumerate(test.names) if name not in fold['validation_images']]
+  assert len(keep) == 9
+  logits = jax.jit(lambda v, x: deeplab.DeepLabV3(arch).apply(
+      v, deeplab.normalize(x), train=False))(variables, test.images[keep])
+  intersection, union = metrics.iou_counts(np.argmax(np.asarray(logits), -1),
+                                           test.labels[keep], 3)
+  intersection = np.asarray(intersection).sum(0)
+  union = np.asarray(union).sum(0)
+  assert fold['test_miou'] == pytest.approx(metrics.mean_iou(intersection, union), abs=1e-3)
+  for c, name in enumerate(record['classes']):
+    expected = intersection[c] / union[c] if union[c] else None
+    assert (fold['class_iou'][name] is None) == (expected is None), name
+    if expected is not None:
+      assert fold['class_iou'][name] == pytest.approx(expected, abs=1e-3), name
+
+
 @pytest.mark.slow
 def test_train_downstream_and_evaluate_stages(tmp_path):
   workdir = tmp_path / 'work'
@@ -357,6 +386,7 @@ def test_train_downstream_and_evaluate_stages(tmp_path):
     assert set(run['all_images_miou_per_epoch']) == {'0', '1'}
   for name in ('test_set.png', 'synthetic_fold0.png', 'few_shot_fold4.png', 'table.txt'):
     assert os.path.isfile(workdir / 'eval' / name), name
+  _recompute_fold(record, 'few_shot', 1, workdir, tmp_path / 'test')
   for run in ('synthetic', 'few_shot'):
     trained = json.loads((workdir / 'downstream' / run / 'train.json').read_text())
     assert trained['steps_per_epoch'] == 2 and len(trained['history']) == 2

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from conftest import REPO
 from dgan_jax import factory as factory_lib
@@ -190,7 +191,16 @@ def test_generate_stage_dataset_reads_back_through_tfds(tmp_path):
   _, label, direct_scores = _direct(g, config, layout, params, stats, example['latent'][None])
   assert (example['label'] == label[0]).mean() > 0.999
   assert example['uncertainty'] == pytest.approx(direct_scores[0], rel=1e-3)
-  assert os.path.exists(os.path.join(dataset_dir, 'preview.png'))
+  # preview.png: its first tile is sample 0 (image | coloured label, 4x), framed green
+  # when kept, red when dropped.
+  split = 'train' if 0 in kept else 'dropped'
+  first = next(e for e in builder.as_data_source(split) if int(e['index']) == 0)
+  preview = np.asarray(Image.open(os.path.join(dataset_dir, 'preview.png')))
+  tile = preview[5:5 + 96:4, 5:5 + 256:4]
+  np.testing.assert_array_equal(tile[:, :32], first['image'])
+  palette = image_utils.palette_array(3, config.data.palette)
+  np.testing.assert_array_equal(tile[:, 32:], palette[first['label']])
+  assert tuple(preview[2, 2]) == ((40, 180, 40) if 0 in kept else (220, 30, 30))
   assert json.load(open(os.path.join(workdir, 'generate', 'summary.json')))['num_kept'] == 18
 
   # Resume: a lost shard is regenerated alone; the dataset comes out the same.
@@ -205,6 +215,12 @@ def test_generate_stage_dataset_reads_back_through_tfds(tmp_path):
   # Finished: skipped.
   stages.generate(config, workdir)
   assert json.load(open(os.path.join(workdir, 'generate', 'summary.json'))) == summary
+  # keep_raw=False: the raw shards go once the dataset is written; the dataset is the same.
+  shutil.rmtree(dataset_dir)
+  stages.generate(_config(**{'generate.keep_raw': False}), workdir)
+  assert not os.path.exists(raw)
+  assert json.load(open(os.path.join(dataset_dir, 'generation.json')))['samples'] == \
+      again['samples']
 
 
 def _free_port():
@@ -247,6 +263,7 @@ def test_two_processes_write_one_dataset(tmp_path):
   for i in range(len(a)):
     assert a[i]['index'] == b[i]['index']
     assert np.abs(a[i]['image'].astype(int) - b[i]['image']).max() <= 1
+    np.testing.assert_array_equal(a[i]['label'], b[i]['label'])
 
 
 def test_the_determinism_guarantee_across_batch_sizes():

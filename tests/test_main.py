@@ -1,6 +1,8 @@
 """The CLI: `python -m dgan_jax.main` with the sample stage, configs and input errors."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -83,3 +85,19 @@ def test_experiment_configs_carry_the_original_numbers(name):
     assert tuple(config.data.crop_rows) == (64, 448)
   if name == 'car12':
     assert len(config.data.eval_class_map) == 20 and max(config.data.eval_class_map) == 11
+
+
+def test_tuple_override_on_the_command_line_reaches_the_training_options():
+  """README: `--config.downstream.scale_range='(1.0, 1.0)'` trains without rescaling."""
+  script = ('import sys\n'
+            'from dgan_jax import main\n'
+            'from dgan_jax.downstream import run\n'
+            'main.parse_flags(sys.argv)\n'
+            'options = run.train_options(main.flags.FLAGS.config)\n'
+            'print(options.scale_range, options.flip, options.augment().enabled)\n')
+  result = subprocess.run(
+      [sys.executable, '-c', script, '--config=configs/test.py',
+       '--config.downstream.scale_range=(1.0, 1.0)', '--config.downstream.flip=False'],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.split() == ['(1.0,', '1.0)', 'False', 'False']

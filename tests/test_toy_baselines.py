@@ -71,12 +71,14 @@ def test_miou_by_hand():
 
 
 def test_colour_baseline_is_poor_on_rendered_cars():
-  result = baselines.colour_baseline(0, 400, 100, 32)
-  assert set(result['class_iou']) == set(render.CLASS_NAMES)
-  # Measured 0.128 (seed 0); predicting background everywhere would give about 0.12.
-  assert result['miou'] < 0.22, result
+  """The README's row: the toy run's seed, 400 training renders, 100 test renders:
+  12.6% mIoU, per class 82.8 / 0.5 / 0.9 / 0.0 / 0.0 / 0.1 / 3.7 (background everywhere
+  would give about 12%)."""
+  from dgan_jax.toy import stages as toy_stages  # pylint: disable=import-outside-toplevel
+  result = baselines.colour_baseline(toy_stages.COLOUR_SEED, 400, 100, 32)
+  assert list(result['class_iou']) == list(render.CLASS_NAMES)
+  assert round(100 * result['miou'], 1) == 12.6, result
+  assert [round(100 * v, 1) for v in result['class_iou'].values()] == [
+      82.8, 0.5, 0.9, 0.0, 0.0, 0.1, 3.7]
   assert result['miou'] == pytest.approx(np.mean(list(result['class_iou'].values())))
-  for name in ('body', 'door', 'window', 'tyre', 'hub'):
-    assert result['class_iou'][name] < 0.15, (name, result['class_iou'])
-  assert result['class_iou']['background'] > 0.5
   assert 'mIoU' in result['description']

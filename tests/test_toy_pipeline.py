@@ -74,3 +74,23 @@ def test_default_config_is_the_toy_domain(tmp_path):
   assert latents.shape == (16, 128)   # the toy GAN's latent size
   image = np.asarray(Image.open(tmp_path / 'annotate' / 'image_15.png'))
   assert image.shape == (32, 32, 3)
+
+
+def test_shipped_toy_gan_matches_its_stored_outputs():
+  """checkpoints/toy_cars32 through the loader: W, image and two feature maps of two
+  fixed z against tests/data/toy_cars32_golden.npz (written when the checkpoint was
+  shipped), so a changed checkpoint or loader fails here."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  from dgan_jax import generators  # pylint: disable=import-outside-toplevel
+  golden = np.load(os.path.join(conftest.DATA_DIR, 'toy_cars32_golden.npz'))
+  config = importlib.import_module('configs.toy').get_config()
+  g = generators.from_config(config.generator, config.seed)
+  assert (g.family, g.resolution, g.latent_size) == ('stylegan1', 32, 128)
+  w = g.truncate(g.map(golden['z']), config.generator.truncation_psi,
+                 config.generator.truncation_cutoff)
+  np.testing.assert_allclose(w, golden['w'], rtol=1e-5, atol=1e-5)
+  image, maps = g.synthesize(w, noise=config.generator.noise)
+  np.testing.assert_allclose(image, golden['image'], atol=1e-4)
+  np.testing.assert_allclose(maps[0], golden['first_map'], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(maps[-1])[:, ::4, ::4], golden['last_map_every4'],
+                             rtol=1e-4, atol=1e-4)

@@ -121,3 +121,12 @@ def test_interrupted_stage_resumes_from_its_checkpoints(trained, tmp_path, monke
   assert history['step'].tolist() == [10, 20, 30, 40, 45, 50, 60]
   assert 'resumed at step 45' in capsys.readouterr().out
   assert json.loads((workdir / 'interpreter' / 'info.json').read_text())['steps'] == 60
+  # The weights of an uninterrupted run, bitwise.
+  straight = tmp_path / 'straight'
+  shutil.copytree(trained / 'annotate', straight / 'annotate')
+  stages.train_interpreter(config, str(straight))
+  resumed_params = np.load(workdir / 'interpreter' / 'params.npz')
+  straight_params = np.load(straight / 'interpreter' / 'params.npz')
+  assert sorted(resumed_params.files) == sorted(straight_params.files)
+  for name in straight_params.files:
+    np.testing.assert_array_equal(resumed_params[name], straight_params[name], err_msg=name)
