@@ -284,7 +284,8 @@ def test_head_evaluation_matches_torch():
   for member, module in enumerate(modules):
     with torch.no_grad():
       expected = module([nchw(m) for m in maps], torch.from_numpy(cond))
-    assert relative_error(np.asarray(logits[member]).transpose(0, 3, 1, 2), _np(expected)) < 2e-5
+    # README: 2e-6 of the range in evaluation (measured 1.0e-6).
+    assert relative_error(np.asarray(logits[member]).transpose(0, 3, 1, 2), _np(expected)) < 2e-6
   # Evaluation leaves the power-iteration vectors and statistics alone.
   jax.tree.map(np.testing.assert_array_equal, new['sn'], variables['sn'])
   jax.tree.map(np.testing.assert_array_equal, new['batch_stats'], variables['batch_stats'])
@@ -387,19 +388,25 @@ def test_training_steps_match_torch_adam_loop(tiny_g, test_config):
     for kind, atol in (('sn', 1e-4), ('batch_stats', 5e-4), ('params', None)):
       for path, value in jax.tree_util.tree_leaves_with_path(expected[kind]):
         name = '/'.join(str(k.key) for k in path)
-        if kind == 'params' and name.startswith('mix') and name.endswith('conv1/bias'):
-          continue  # followed by training-mode batch norm: zero gradient, Adam on noise
-        if kind == 'params' and name.startswith('mix') and name.endswith('conv2/bias'):
-          continue  # likewise: every path from it meets a training-mode batch norm
         actual = dict(jax.tree_util.tree_leaves_with_path(ours[kind]))[path]
-        if kind == 'params':
+        if kind == 'params' and name.startswith('mix') and name.endswith(('conv1/bias',
+                                                                            'conv2/bias')):
+          # Every path from these biases meets a training-mode batch norm: their gradient
+          # is zero up to float noise, which Adam scales to steps of about lr in a random
+          # direction in either implementation. Both stay within Adam's step bound
+          # (lr (1 - b1) / sqrt(1 - b2) per step, bias-corrected) of the start.
+          start = dict(jax.tree_util.tree_leaves_with_path(jax.tree.map(
+              lambda a: np.asarray(a)[member], initial)['params']))[path]
+          for moved in (actual - start, value - start):
+            assert np.abs(moved).max() <= 3 * lr * 0.1 / np.sqrt(0.001) * 1.001, name
+        elif kind == 'params':
           # Adam divides each gradient by its own running scale, so float noise in small
-          # gradients becomes a visible share of a step for a few elements (up to ~20%
-          # after three steps): bound the typical element. A wrong gradient or update
-          # rule moves nearly every element by about lr.
+          # gradients becomes a visible share of a step for a few elements (at most 0.21 lr
+          # measured over every tensor). A wrong gradient or update rule moves elements by
+          # about lr.
           difference = np.abs(actual - value)
           assert np.median(difference) < 0.01 * lr, (name, np.median(difference))
-          assert np.percentile(difference, 90) < 0.05 * lr, (name, difference)
+          assert difference.max() < 0.5 * lr, (name, difference.max())
         else:
           np.testing.assert_allclose(actual, value, atol=atol, err_msg=f'{kind}/{name}')
 
@@ -460,7 +467,7 @@ def test_release_head_checkpoint_converts_and_matches_torch(tmp_path, tiny_g):
   logits, _ = jax.jit(lambda v, m, c: head_lib.apply(arch, v, m, c))(variables, maps, cond)
   with torch.no_grad():
     expected = module([nchw(m) for m in maps], torch.from_numpy(cond))
-  assert relative_error(np.asarray(logits[0]).transpose(0, 3, 1, 2), _np(expected)) < 2e-5
+  assert relative_error(np.asarray(logits[0]).transpose(0, 3, 1, 2), _np(expected)) < 2e-6
   # A state dict of something else is named, key by key.
   state = release_state_dict(module)
   del state['mid_feature_mix_conv.conv1.u0']

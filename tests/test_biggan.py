@@ -134,7 +134,8 @@ def test_bfloat16_close_to_float32(golden, converted):
       golden['z'], golden['y'])
   assert features16[0].dtype == jnp.bfloat16
   assert image16.dtype == jnp.float32
-  assert relative_error(image16, image32) < 0.05
+  # bfloat16 keeps 8 significant bits; measured 1.4% of the range.
+  assert relative_error(image16, image32) < 0.02
 
 
 @pytest.mark.parametrize('module,arch', [

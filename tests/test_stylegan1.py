@@ -101,7 +101,8 @@ def test_bfloat16_close_to_float32():
       golden['w_truncated'], noise)
   assert features16[0].dtype == jnp.bfloat16
   assert image16.dtype == jnp.float32
-  assert relative_error(image16, image32) < 0.05
+  # bfloat16 keeps 8 significant bits; measured 2.5% of the range after 10 layers.
+  assert relative_error(image16, image32) < 0.035
 
 
 @pytest.mark.parametrize('resolution', [4, 1024])
