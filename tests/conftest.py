@@ -33,6 +33,19 @@ def stylegan_workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
+def biggan_config():
+  """configs/test_biggan.py: a tiny random-weight BigGAN (32 px, 1000 classes)."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  return importlib.import_module('configs.test_biggan').get_config()
+
+
+@pytest.fixture(scope='session')
+def tiny_biggan(biggan_config):
+  from dgan_jax import generators  # pylint: disable=import-outside-toplevel
+  return generators.from_config(biggan_config.generator, biggan_config.seed)
+
+
+@pytest.fixture(scope='session')
 def biggan_workdir(tmp_path_factory):
   """configs/test_biggan.py (tiny BigGAN, two segmentation heads, brightness masks)
   through every stage: foreground/background downstream, stand-in test images. The

@@ -15,7 +15,6 @@ from PIL import Image
 import conftest
 from dgan_jax import factory as factory_lib
 from dgan_jax import features
-from dgan_jax import generators
 from dgan_jax import io
 from dgan_jax.bigdatasetgan import head as head_lib
 from dgan_jax.bigdatasetgan import layout as layout_lib
@@ -23,16 +22,6 @@ from dgan_jax.bigdatasetgan import train as train_lib
 from dgan_jax.data import annotated
 from dgan_jax.errors import InputError
 from dgan_jax.generators import base
-
-
-@pytest.fixture(scope='module')
-def test_config():
-  return importlib.import_module('configs.test_biggan').get_config()
-
-
-@pytest.fixture(scope='module')
-def tiny_g(test_config):
-  return generators.from_config(test_config.generator, test_config.seed)
 
 
 # ----------------------------------------------------------------------------------------
@@ -115,9 +104,9 @@ def test_sample_names_follow_imagenet_wnids():
 
 
 @pytest.fixture(scope='module')
-def disagreeing_heads(tiny_g, test_config):
+def disagreeing_heads(tiny_biggan, biggan_config):
   """Two random heads with perturbed statistics, so they disagree on some pixels."""
-  arch = train_lib.head_arch_for(tiny_g, test_config.biggan.head, num_members=2)
+  arch = train_lib.head_arch_for(tiny_biggan, biggan_config.biggan.head, num_members=2)
   variables = head_lib.init(arch, 3)
   key = jax.random.key(4)
   variables['batch_stats'] = jax.tree.map(
@@ -136,13 +125,13 @@ def class_factory(g, arch, variables, class_idx, samples_per_class, seed, z_std=
                              top_fraction, batch_size=batch_size), sampling
 
 
-def test_per_class_samples_match_the_generator_and_heads(tiny_g, disagreeing_heads,
-                                                         test_config):
-  g = tiny_g
+def test_per_class_samples_match_the_generator_and_heads(tiny_biggan, disagreeing_heads,
+                                                         biggan_config):
+  g = tiny_biggan
   arch, variables = disagreeing_heads
   step, sampling = class_factory(g, arch, variables, (225, 200, 7), samples_per_class=3,
                                  seed=5, z_std=0.9, top_fraction=0.25, batch_size=3)
-  assert sampling.count('generate', test_config) == 9
+  assert sampling.count('generate', biggan_config) == 9
   indices = np.arange(9)
   out = step(indices)
   np.testing.assert_array_equal(out['class_id'], [225] * 3 + [200] * 3 + [7] * 3)
@@ -169,9 +158,9 @@ def test_per_class_samples_match_the_generator_and_heads(tiny_g, disagreeing_hea
   np.testing.assert_allclose(out['uncertainty'], top.mean(axis=1), rtol=1e-3, atol=1e-6)
 
 
-def test_sample_does_not_depend_on_batching_or_class_list(tiny_g, disagreeing_heads):
+def test_sample_does_not_depend_on_batching_or_class_list(tiny_biggan, disagreeing_heads):
   arch, variables = disagreeing_heads
-  step, _ = class_factory(tiny_g, arch, variables, (225, 200), samples_per_class=4, seed=0,
+  step, _ = class_factory(tiny_biggan, arch, variables, (225, 200), samples_per_class=4, seed=0,
                           top_fraction=0.25, batch_size=3)
   together = step(np.arange(8))
   one_by_one = [step([i]) for i in range(8)]
@@ -179,7 +168,7 @@ def test_sample_does_not_depend_on_batching_or_class_list(tiny_g, disagreeing_he
     np.testing.assert_allclose(np.concatenate([o[key] for o in one_by_one]), together[key],
                                rtol=1e-5, atol=1e-6, err_msg=key)
   # Sample j of class 200 is the same with another class list and count per class.
-  other = class_factory(tiny_g, arch, variables, (200,), samples_per_class=2, seed=0,
+  other = class_factory(tiny_biggan, arch, variables, (200,), samples_per_class=2, seed=0,
                         top_fraction=0.25, batch_size=3)[0](np.arange(2))
   np.testing.assert_array_equal(other['image'], together['image'][4:6])
   np.testing.assert_array_equal(other['label'], together['label'][4:6])
@@ -192,10 +181,10 @@ def test_sample_does_not_depend_on_batching_or_class_list(tiny_g, disagreeing_he
     ((), r'class_idx is empty'),
     ((3, 3), r'repeats a class'),
 ])
-def test_bad_class_ids_are_named(tiny_g, disagreeing_heads, class_idx, message):
+def test_bad_class_ids_are_named(tiny_biggan, disagreeing_heads, class_idx, message):
   arch, variables = disagreeing_heads
   with pytest.raises(InputError, match=message):
-    class_factory(tiny_g, arch, variables, class_idx, samples_per_class=2, seed=0)
+    class_factory(tiny_biggan, arch, variables, class_idx, samples_per_class=2, seed=0)
 
 
 # ----------------------------------------------------------------------------------------
@@ -218,11 +207,11 @@ def synthetic_layout(root, g, sampling, config, count_per_class=3, classes=(225,
 
 
 @pytest.mark.slow
-def test_resume_gives_the_uninterrupted_result(tmp_path, tiny_g, test_config):
-  g = tiny_g
-  sampling = g.sampling(test_config)
-  data = synthetic_layout(tmp_path / 'data', g, sampling, test_config)
-  arch = train_lib.head_arch_for(g, test_config.biggan.head, num_members=2)
+def test_resume_gives_the_uninterrupted_result(tmp_path, tiny_biggan, biggan_config):
+  g = tiny_biggan
+  sampling = g.sampling(biggan_config)
+  data = synthetic_layout(tmp_path / 'data', g, sampling, biggan_config)
+  arch = train_lib.head_arch_for(g, biggan_config.biggan.head, num_members=2)
   options = train_lib.TrainOptions(num_steps=6, batch_size=4, checkpoint_every=2, log_every=1)
   straight = train_lib.train(g, sampling, data, arch, options, seed=3, progress=False)
   checkpoints = str(tmp_path / 'checkpoints')
@@ -250,11 +239,11 @@ def run_main(*args):
 
 
 @pytest.mark.slow
-def test_biggan_stages_end_to_end(biggan_workdir, tiny_g, test_config):
+def test_biggan_stages_end_to_end(biggan_workdir, tiny_biggan, biggan_config):
   # Every stage of configs/test_biggan.py, run once by the session fixture.
   workdir = biggan_workdir
-  assert tuple(test_config.biggan.class_idx) == (225, 200)
-  assert test_config.biggan.samples_per_class == 6
+  assert tuple(biggan_config.biggan.class_idx) == (225, 200)
+  assert biggan_config.biggan.samples_per_class == 6
   # sample: BigDatasetGAN's layout; the images regenerate from their latents.
   annotate = workdir / 'annotate'
   latent_path = annotate / 'latents' / 'biggan32' / 'n02105162' / 'n02105162_225_0003.npy'
@@ -262,7 +251,7 @@ def test_biggan_stages_end_to_end(biggan_workdir, tiny_g, test_config):
   assert z.shape == (1, 20)
   saved = np.asarray(Image.open(str(latent_path).replace('latents', 'images').replace(
       '.npy', '.png')))
-  image, _ = tiny_g.synthesize(z, [225], return_features=False)
+  image, _ = tiny_biggan.synthesize(z, [225], return_features=False)
   assert np.abs(saved.astype(int) - np.floor(np.asarray(image)[0] * 127.5 + 128)).max() <= 1
   assert (annotate / 'annotations' / 'biggan32' / 'n02097474').is_dir()
   # train_interpreter: the heads, trained on the brightness stand-in masks.
@@ -286,7 +275,7 @@ def test_biggan_stages_end_to_end(biggan_workdir, tiny_g, test_config):
     assert record['image'].shape == (32, 32, 3) and record['label'].shape == (32, 32)
     assert set(np.unique(record['label'])) <= {0, 1}
   # The stored sample is what the factory gives for its index.
-  step, _ = class_factory(tiny_g, arch, variables, (225, 200), samples_per_class=6, seed=0,
+  step, _ = class_factory(tiny_biggan, arch, variables, (225, 200), samples_per_class=6, seed=0,
                           batch_size=4)
   again = step([7])
   np.testing.assert_array_equal(by_index[7]['image'], again['image'][0])

@@ -20,14 +20,6 @@ torch = pytest.importorskip('torch')
 nn = torch.nn
 F = torch.nn.functional
 
-@pytest.fixture(scope='module')
-def test_config():
-  return importlib.import_module('configs.test_biggan').get_config()
-
-
-@pytest.fixture(scope='module')
-def tiny_g(test_config):
-  return generators.from_config(test_config.generator, test_config.seed)
 
 # ----------------------------------------------------------------------------------------
 # The reference: BigDatasetGAN's head as the issue describes it, in PyTorch (NCHW).
@@ -346,12 +338,12 @@ def test_head_training_mode_and_gradients_match_torch():
 
 
 @pytest.mark.slow
-def test_training_steps_match_torch_adam_loop(tiny_g, test_config):
+def test_training_steps_match_torch_adam_loop(tiny_biggan, biggan_config):
   """Three steps of the compiled ensemble step (generator features, training-mode head,
   BCE, Adam) against PyTorch's loop on the same features, one module per member."""
-  g = tiny_g
-  arch = train_lib.head_arch_for(g, test_config.biggan.head, num_members=2)
-  sampling = g.sampling(test_config)
+  g = tiny_biggan
+  arch = train_lib.head_arch_for(g, biggan_config.biggan.head, num_members=2)
+  sampling = g.sampling(biggan_config)
   lr = 1e-3
   options = train_lib.TrainOptions(num_steps=3, batch_size=4, learning_rate=lr)
   state = train_lib.init_state(arch, options, seed=0)
@@ -446,18 +438,18 @@ def release_state_dict(module: TorchHead) -> dict:
   return {k: v.detach().clone() for k, v in state.items()}
 
 
-def test_release_head_checkpoint_converts_and_matches_torch(tmp_path, tiny_g):
+def test_release_head_checkpoint_converts_and_matches_torch(tmp_path, tiny_biggan):
   from convert_weights import __main__ as convert_cli  # pylint: disable=import-outside-toplevel
   from dgan_jax.generators import checkpoint  # pylint: disable=import-outside-toplevel
-  arch = train_lib.head_arch_for(tiny_g, importlib.import_module(
+  arch = train_lib.head_arch_for(tiny_biggan, importlib.import_module(
       'configs.test_biggan').get_config().biggan.head, num_members=1)
   torch.manual_seed(3)
   module = torch_head(arch, TEST_GROUPS)
   randomize_statistics(module, 4)
   module.eval()
   torch.save(release_state_dict(module), tmp_path / 'checkpoint_latest.pth')
-  checkpoint.save(str(tmp_path / 'biggan32'), tiny_g.arch.to_json(),
-                  jax.device_get(tiny_g.params), {})
+  checkpoint.save(str(tmp_path / 'biggan32'), tiny_biggan.arch.to_json(),
+                  jax.device_get(tiny_biggan.params), {})
   assert convert_cli.main(['bigdatasetgan_head', str(tmp_path / 'checkpoint_latest.pth'),
                            str(tmp_path / 'head'), '--generator', str(tmp_path / 'biggan32'),
                            '--group-sizes', '8,16,32']) == 0

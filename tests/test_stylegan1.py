@@ -8,7 +8,6 @@ import pytest
 from conftest import (as_golden_grid, golden_path, rebuild_stylegan1_state_dict,
                       relative_error)
 from convert_weights import stylegan1 as convert_stylegan1
-from dgan_jax import generators
 from dgan_jax.generators import checkpoint
 from dgan_jax.generators import style
 from dgan_jax.generators import stylegan1

@@ -210,14 +210,15 @@ def test_batching_and_feature_specs():
   sampling = base.StyleSampling(0, 8, g.num_ws, 0.7, 8, 'per_sample')
   variables = g.variables(sampling)
   inputs = sampling.draw('generate', np.arange(5, dtype=np.uint32))
-  whole, whole_maps, _ = g.apply(variables, inputs, sampling)
-  part, part_maps, _ = g.apply(variables, jax.tree.map(lambda a: a[3:4], inputs), sampling)
+  apply = jax.jit(lambda v, x: g.apply(v, x, sampling))   # eager flax is slow op by op
+  whole, whole_maps, _ = apply(variables, inputs)
+  part, part_maps, _ = apply(variables, jax.tree.map(lambda a: a[3:4], inputs))
   np.testing.assert_allclose(part[0], whole[3], atol=1e-5)
   np.testing.assert_allclose(part_maps[-1][0], whole_maps[-1][3], atol=1e-5)
   bf16 = stylegan2.StyleGAN2Generator(g.arch, g.params, g.avg_latent, g.const_noise,
                                       dtype=jnp.bfloat16)
-  image16, _ = bf16.synthesize(g.truncate(g.map(inputs['z'])))
-  image32, _ = g.synthesize(g.truncate(g.map(inputs['z'])))
+  image16 = jax.jit(lambda z: bf16.synthesize(bf16.truncate(bf16.map(z)))[0])(inputs['z'])
+  image32 = jax.jit(lambda z: g.synthesize(g.truncate(g.map(z)))[0])(inputs['z'])
   assert image16.dtype == jnp.float32 and relative_error(image16, image32) < 0.05
 
 
