@@ -20,9 +20,16 @@ Prints, on the default JAX backend:
     rate as a fraction of it. Useful FLOPs per member-pixel: 2*D*H1 for the first layer's
     forward and as much for its weight gradient (its input gradient is never needed),
     3 * 2 * (H1*H2 + H2*C) for the two small layers;
+  * the original's training loop in the same run, re-implemented in PyTorch (skipped
+    without torch): its pixel_classifier, Linear(D,128)-ReLU-BatchNorm1d(128)-
+    Linear(128,32)-ReLU-BatchNorm1d(32)-Linear(32,C), trained by Adam (lr 1e-3) on
+    cross-entropy, one member at a time, on batches of 64 rows that a shuffling DataLoader
+    draws from a float32 [pixels, D] matrix in host memory, as its prepare_data lays the
+    features out (a random pool of --original-pool pixels here: the original holds all
+    3.1M, 63 GB);
   * peak resident host memory (ru_maxrss) of the whole run.
-Targets (issue 3): <= 4 s per image, <= 4 GB peak RSS, per-member throughput >= 2x the
-original's 17.6k pixels/s measured on this CPU, training FLOP rate >= 0.5x the matmul rate.
+Targets (issues 3 and 16): <= 4 s per image, <= 4 GB peak RSS, per-member throughput >= 2x
+the original's measured in the same run, training FLOP rate >= 0.5x the matmul rate.
 """
 
 import argparse
@@ -45,7 +52,6 @@ from dgan_jax.data import synthetic  # pylint: disable=wrong-import-position
 from dgan_jax.generators import style  # pylint: disable=wrong-import-position
 from dgan_jax.generators import stylegan1  # pylint: disable=wrong-import-position
 
-ORIGINAL_PIXELS_PER_SECOND = 17.6e3  # issue 3: the original, one member at batch 64, this CPU
 NUM_CLASSES = 20
 
 
@@ -81,6 +87,8 @@ def main() -> None:
   parser.add_argument('--steps', type=int, default=200, help='training steps per window')
   parser.add_argument('--rounds', type=int, default=3)
   parser.add_argument('--feature-dtype', default='float32', choices=('float32', 'bfloat16'))
+  parser.add_argument('--original-pool', type=int, default=100_000,
+                      help="pixels in the original's host feature matrix (4 bytes x D each)")
   args = parser.parse_args()
   print(f'backend: {jax.default_backend()} ({jax.devices()[0].device_kind}), '
         f'{jax.device_count()} device(s)')
@@ -114,26 +122,32 @@ def main() -> None:
   interpreter._keep_freed_memory()  # pylint: disable=protected-access  (as train() does)
   rounds = []
   steppers = {m: Stepper(data, layout, m) for m in (args.members, 1)}
+  original = OriginalLoop(layout.dim, NUM_CLASSES, args.original_pool)
   for _ in range(args.rounds):
     before = matmul_gflops()
     rates = {m: stepper.pixels_per_second(args.steps) for m, stepper in steppers.items()}
-    rounds.append((max(before, matmul_gflops()), rates[args.members], rates[1]))
+    rates['original'] = original.pixels_per_second(args.steps)
+    rounds.append((max(before, matmul_gflops()), rates[args.members], rates[1],
+                   rates['original']))
   flops = flops_per_member_pixel(steppers[args.members].arch)
-  print(f'{args.rounds} rounds of (matmul, {args.steps} ensemble steps, {args.steps} one-member '
-        'steps, matmul); the machine is shared, so each round compares with its own matmul:')
-  for i, (matmul, total, alone) in enumerate(rounds):
+  print(f'{args.rounds} rounds of (matmul, {args.steps} steps each of: the ensemble, one '
+        "member, the original's loop; matmul); the machine may be shared, so each round "
+        'compares with its own matmul and its own original:')
+  for i, (matmul, total, alone, theirs) in enumerate(rounds):
     print(f'  round {i}: matmul {matmul:.0f} GFLOP/s | ensemble {total:,.0f} member-px/s = '
-          f'{total * flops / 1e9 / matmul:.2f} x matmul | one member {alone:,.0f} px/s = '
-          f'{alone * flops / 1e9 / matmul:.2f} x matmul')
-  matmul, total, alone = max(rounds, key=lambda r: r[1] / r[0])
+          f'{total * flops / 1e9 / matmul:.2f} x matmul | one member {alone:,.0f} px/s | '
+          f'original {theirs:,.0f} px/s | ratios {total / theirs:.2f}x, {alone / theirs:.2f}x')
+  matmul, total, alone, theirs = max(rounds, key=lambda r: r[1] / r[3])
   print(f'best round, matmul {matmul:.0f} GFLOP/s (float32 2048^3, jitted):')
+  print(f"  the original's loop (PyTorch {original.version}, {original.threads} threads, "
+        f'pool {args.original_pool:,} px): {theirs:,.0f} pixels/s, '
+        f'{theirs * flops / 1e9 / matmul:.2f} x matmul')
   print(f'  ensemble of {args.members}, batch 64 per member: {total:,.0f} member-pixels/s total,'
         f' {total / args.members:,.0f} per member; {total * flops / 1e9:.0f} GFLOP/s = '
-        f'{total * flops / 1e9 / matmul:.2f} x matmul; {total / ORIGINAL_PIXELS_PER_SECOND:.2f} x'
-        f" the original's one-member-at-a-time {ORIGINAL_PIXELS_PER_SECOND:,.0f} pixels/s")
+        f'{total * flops / 1e9 / matmul:.2f} x matmul; {total / theirs:.2f} x the original '
+        '(target >= 2x; 0.5x matmul)')
   print(f'  one member alone, batch 64: {alone:,.0f} pixels/s; {alone * flops / 1e9:.0f} GFLOP/s'
-        f' = {alone * flops / 1e9 / matmul:.2f} x matmul; '
-        f'{alone / ORIGINAL_PIXELS_PER_SECOND:.2f} x the original')
+        f' = {alone * flops / 1e9 / matmul:.2f} x matmul; {alone / theirs:.2f} x the original')
   print(f'peak RSS: {peak_rss_gb():.2f} GB (target <= 4 GB; the original: about 95 GB here)')
 
 
@@ -160,6 +174,62 @@ class Stepper:
                                       self.permutation)
     jax.block_until_ready(metrics)
     return steps * self.arch.num_members * 64 / (time.perf_counter() - start)
+
+
+class OriginalLoop:
+  """The original's interpreter training loop (see the module docstring) in PyTorch."""
+
+  def __init__(self, dim: int, num_classes: int, pool: int, seed: int = 0):
+    import torch  # pylint: disable=import-outside-toplevel
+    from torch import nn  # pylint: disable=import-outside-toplevel
+    torch.manual_seed(seed)
+    self.torch, self.version, self.threads = torch, torch.__version__, torch.get_num_threads()
+    features = torch.randn(pool, dim)   # float32, row-major: one pixel's D values per row
+    labels = torch.randint(0, num_classes, (pool,))
+    self.loader = torch.utils.data.DataLoader(_Rows(features, labels), batch_size=64,
+                                              shuffle=True, drop_last=True)
+    self.batches = iter(())
+    self.model = nn.Sequential(
+        nn.Linear(dim, 128), nn.ReLU(), nn.BatchNorm1d(128),
+        nn.Linear(128, 32), nn.ReLU(), nn.BatchNorm1d(32),
+        nn.Linear(32, num_classes))
+    self.model.train()
+    self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+    self.loss = nn.CrossEntropyLoss()
+    self.pixels_per_second(2)
+
+  def _next_batch(self):
+    try:
+      return next(self.batches)
+    except StopIteration:
+      self.batches = iter(self.loader)
+      return next(self.batches)
+
+  def pixels_per_second(self, steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+      x, y = self._next_batch()
+      self.optimizer.zero_grad()
+      logits = self.model(x)
+      loss = self.loss(logits, y.long())
+      accuracy = (self.torch.softmax(logits, 1).argmax(1) == y).float().mean()  # as it logs
+      loss.backward()
+      self.optimizer.step()
+    del accuracy
+    return steps * 64 / (time.perf_counter() - start)
+
+
+class _Rows:
+  """A map-style dataset of (feature row, label): what the DataLoader indexes per pixel."""
+
+  def __init__(self, features, labels):
+    self.features, self.labels = features, labels
+
+  def __getitem__(self, index):
+    return self.features[index], self.labels[index]
+
+  def __len__(self):
+    return len(self.features)
 
 
 if __name__ == '__main__':

@@ -28,7 +28,9 @@ def quiet_orbax_logging():
 
 def open_checkpoints(checkpoint_dir: str, save_every: int, state, shardings, name: str):
   """An orbax CheckpointManager over checkpoint_dir (None when it is empty), and the
-  state resumed from its latest step (placed with `shardings`) or `state` unchanged."""
+  state resumed from its latest step or `state`, either placed with `shardings` (so that a
+  fresh and a resumed run hand the step identically placed arrays: one compilation)."""
+  state = jax.device_put(state, shardings)
   if not checkpoint_dir:
     return None, state
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel

@@ -1,14 +1,27 @@
 """Shared test helpers: golden reference files and their weights."""
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import types
 
 import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# One persistent compilation cache per test session, shared with the subprocesses the
+# tests start: the many tests that compile the same tiny steps (each stage run through the
+# CLI, a resumed run) compile each once. A fresh folder, so no run trusts an older one.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _CACHE_DIR = tempfile.mkdtemp(prefix='dgan_jax_test_xla_cache_')
+  atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE_DIR,
+                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
 
 
 def run_main(*args, timeout: int = 600) -> subprocess.CompletedProcess:

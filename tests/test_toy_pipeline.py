@@ -95,3 +95,40 @@ def test_shipped_toy_gan_matches_its_stored_outputs():
   np.testing.assert_allclose(np.asarray(maps[-1])[:, ::4, ::4], golden['last_map_every4'],
                              rtol=1e-4, atol=1e-4)
 
+
+README_ROWS = {   # the README's toy table: row label -> run in docs/toy/eval.json
+    'few-shot: the 16 annotated GAN images': 'few_shot',
+    'DatasetGAN synthetic, unfiltered': 'synthetic_unfiltered',
+    'DatasetGAN synthetic, uncertainty-filtered': 'synthetic',
+    'fully supervised (ceiling)': 'supervised',
+    'per-pixel colour classifier (RGB lookup)': 'colour_baseline',
+}
+
+
+def test_readme_toy_table_is_the_stored_evaluation():
+  """Every number of the README's results table comes from docs/toy/eval.json (and
+  colour_baseline.json), the files of the run that made it."""
+  docs = os.path.join(conftest.REPO, 'docs', 'toy')
+  with open(os.path.join(docs, 'eval.json')) as f:
+    record = json.load(f)
+  with open(os.path.join(docs, 'colour_baseline.json')) as f:
+    colour = json.load(f)
+  with open(os.path.join(conftest.REPO, 'README.md')) as f:
+    readme = f.read()
+  header = '| trained on | images | mIoU % | ' + ' | '.join(record['classes']) + ' |'
+  assert header in readme
+  table = readme[readme.index(header):].split('\n\n')[0].splitlines()[2:]
+  rows = {cells[0]: cells[1:] for cells in
+          ([c.strip() for c in line.strip('|').split('|')] for line in table)}
+  assert set(rows) == set(README_ROWS)
+  for label, run in README_ROWS.items():
+    cells = rows[label]
+    if run == 'colour_baseline':
+      expected = [str(colour['num_train_images']), f'{100 * colour["miou"]:.1f}'] + [
+          f'{100 * colour["class_iou"][c]:.1f}' for c in record['classes']]
+    else:
+      result = record['runs'][run]
+      expected = [str(result['num_train_images']),
+                  f'**{100 * result["miou_mean"]:.1f}** ± {100 * result["miou_std"]:.1f}'] + [
+                      f'{100 * result["class_iou"][c]["mean"]:.1f}' for c in record['classes']]
+    assert cells == expected, label

@@ -98,11 +98,12 @@ def read_xml(path: str, labels) -> list[records.Annotation]:
       region = _shape(element, labels, where)
       if region is not None:
         shapes.append((int(element.get('z_order', 0)), position, region))
-    out.append(records.Annotation(path, name, size, [r for _, _, r in sorted(shapes, key=lambda s: s[:2])]))
+    in_z_order = sorted(shapes, key=lambda s: s[:2])
+    out.append(records.Annotation(path, name, size, [region for _, _, region in in_z_order]))
   return out
 
 
-def read_labelmap(path: str, labels) -> tuple[list[str], np.ndarray]:
+def read_labelmap(path: str) -> tuple[list[str], np.ndarray]:
   """labelmap.txt -> (names, colours [K, 3] uint8)."""
   names, colors = [], []
   with open(path) as f:
@@ -126,7 +127,7 @@ def read_labelmap(path: str, labels) -> tuple[list[str], np.ndarray]:
 
 
 def read_segmentation_masks(src: str, labels, tolerance: float) -> list[records.Annotation]:
-  names, colors = read_labelmap(os.path.join(src, 'labelmap.txt'), labels)
+  names, colors = read_labelmap(os.path.join(src, 'labelmap.txt'))
   folder = os.path.join(src, 'SegmentationClass')
   paths = records.files(folder, '.png', f'{FORMAT} Segmentation mask 1.1')
   out = []

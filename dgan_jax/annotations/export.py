@@ -37,8 +37,8 @@ def cvat(folder: str, labels, catalogue) -> list[str]:
   return ['cvat_labels.json']
 
 
-def label_studio(folder: str, labels, catalogue, folder_name: str = io.ANNOTATE) -> list[str]:
-  """folder_name: the annotation folder's path under the workdir (the document root)."""
+def label_studio(folder: str, labels, catalogue) -> list[str]:
+  """The tasks' image URLs are relative to the workdir, Label Studio's document root."""
   choices = ''.join(f'    <Label value={saxutils.quoteattr(name)} '
                     f'background="{labels.hex_color(i)}"/>\n'
                     for i, name in enumerate(labels.names) if i)
@@ -47,7 +47,7 @@ def label_studio(folder: str, labels, catalogue, folder_name: str = io.ANNOTATE)
             '  <PolygonLabels name="polygon" toName="image" strokeWidth="1" '
             f'pointSize="small" opacity="0.5">\n{choices}  </PolygonLabels>\n</View>\n')
   io.write_text(os.path.join(folder, 'label_studio_config.xml'), config)
-  tasks = [{'data': {'image': LABEL_STUDIO_URL + f'{folder_name}/{s.image}'.replace(os.sep, '/')}}
+  tasks = [{'data': {'image': LABEL_STUDIO_URL + f'{io.ANNOTATE}/{s.image}'.replace(os.sep, '/')}}
            for s in catalogue]
   io.write_json(os.path.join(folder, 'label_studio_tasks.json'), tasks)
   return ['label_studio_config.xml', 'label_studio_tasks.json']
