@@ -67,15 +67,16 @@ def get_config(arg=None):
   config.evaluate.batch_size = 50
 
   if arg == 'quick':
-    config.toy.train_images = 1000
+    config.toy.train_images = 500
     config.toy.test_images = 100
     config.toy.colour_baseline_images = 200
     config.interpreter.num_members = 3
     config.interpreter.num_steps = 300
     config.generate.num_samples = 300
     config.generate.samples_per_shard = 100
+    config.downstream.batch_size = 8
     config.downstream.epochs = 2
-    config.downstream.steps_per_epoch = 30
+    config.downstream.steps_per_epoch = 20
   elif arg:
     raise ValueError(f'configs/toy.py: unknown variant {arg!r} (known: quick)')
   return config_lib.finalize(config)

@@ -49,7 +49,7 @@ def test_quick_toy_run_produces_the_report(tmp_path):
   assert runs['synthetic']['num_train_images'] == 270
   assert runs['synthetic_unfiltered']['num_train_images'] == 300
   assert runs['few_shot']['num_train_images'] == 16
-  assert runs['supervised']['num_train_images'] == 1000
+  assert runs['supervised']['num_train_images'] == 500
   assert record['protocol']['num_test_images'] == 100
   assert not record['protocol']['stand_in_test_images']
 
