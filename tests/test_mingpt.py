@@ -1,0 +1,106 @@
+"""taming-transformers' minGPT (VQGAN's transformer prior) against taming 0.0.1's own GPT,
+random weights, tiny sizes: logits with and without the KV cache, greedy sampling's
+tokens, top-k masking."""
+
+import numpy as np
+import pytest
+
+import conftest
+import jax
+import jax.numpy as jnp
+from dgan_jax.generators import mingpt
+from dgan_jax.generators.checkpoint import unflatten
+
+torch = pytest.importorskip('torch')
+taming_gpt = pytest.importorskip('taming.modules.transformer.mingpt')
+
+ARCH = mingpt.GPTArch(vocab_size=37, block_size=12, n_layer=2, n_head=4, n_embd=32)
+
+
+@pytest.fixture(scope='module')
+def reference():
+  torch.manual_seed(0)
+  model = taming_gpt.GPT(ARCH.vocab_size, ARCH.block_size, n_layer=ARCH.n_layer,
+                         n_head=ARCH.n_head, n_embd=ARCH.n_embd).eval()
+  with torch.no_grad():   # larger than minGPT's N(0, 0.02), so that tokens differ
+    for name, tensor in model.state_dict().items():
+      if name.endswith('mask'):
+        continue
+      scale = 0.3 if name.endswith('bias') or 'ln' in name else 0.5
+      tensor.copy_((1.0 if 'ln' in name and name.endswith('weight') else 0.0)
+                   + scale * torch.randn_like(tensor))
+  params = {}
+  for name, value in model.state_dict().items():
+    if name.endswith('mask'):
+      continue
+    value = value.numpy()
+    if value.ndim == 2 and name != 'tok_emb.weight':
+      value = value.T                      # Linear [out, in] -> [in, out]
+    params[name.replace('.', '/')] = value
+  assert {k: v.shape for k, v in params.items()} == mingpt.param_shapes(ARCH)
+  return model, unflatten(params)
+
+
+def test_logits_with_and_without_the_cache_match_taming(reference):
+  model, params = reference
+  tokens = np.random.RandomState(0).randint(0, ARCH.vocab_size, (3, ARCH.block_size))
+  with torch.no_grad():
+    expected = model(torch.from_numpy(tokens))[0].numpy()
+  logits = mingpt.forward(params, ARCH, jnp.asarray(tokens))
+  assert conftest.relative_error(logits, expected) < 1e-4
+  cache = mingpt.empty_cache(ARCH, 3)
+  step = jax.jit(lambda c, t, p: mingpt.decode_step(params, ARCH, c, t, p))
+  for position in range(ARCH.block_size):
+    step_logits, cache = step(cache, jnp.asarray(tokens[:, position]), position)
+    assert conftest.relative_error(step_logits, expected[:, position]) < 1e-4, position
+
+
+def test_greedy_sampling_equals_taming_sample(reference):
+  model, params = reference
+  prefix = np.array([[5], [11], [30]])
+  steps = ARCH.block_size   # the context is full at the last step (1 + 11 positions)
+  with torch.no_grad():
+    expected = taming_gpt.sample(model, torch.from_numpy(prefix), steps, sample=False).numpy()
+  keys = jax.random.split(jax.random.key(0), 3)
+  tokens = jax.jit(lambda p, k: mingpt.sample(params, ARCH, p, steps, k, greedy=True))(
+      jnp.asarray(prefix), keys)
+  np.testing.assert_array_equal(tokens, expected)
+  assert len(np.unique(expected[:, 1:])) > 5   # the sequences are not one repeated token
+  # A longer prefix is kept as given and continued.
+  longer = np.array([[5, 1, 2], [11, 0, 36], [30, 30, 4]])
+  with torch.no_grad():
+    expected = taming_gpt.sample(model, torch.from_numpy(longer), 5, sample=False).numpy()
+  np.testing.assert_array_equal(
+      mingpt.sample(params, ARCH, jnp.asarray(longer), 5, keys, greedy=True), expected)
+  # The same with top-k and a temperature (greedy picks the same maximum).
+  with torch.no_grad():
+    expected = taming_gpt.sample(model, torch.from_numpy(prefix[:, :1]), 4, temperature=0.7,
+                                 sample=False, top_k=3).numpy()
+  tokens = mingpt.sample(params, ARCH, jnp.asarray(prefix), 4, keys, temperature=0.7,
+                         top_k=3, greedy=True)
+  np.testing.assert_array_equal(tokens, expected)
+
+
+def test_top_k_masking_equals_taming():
+  rng = np.random.RandomState(2)
+  logits = rng.randint(-3, 4, (6, 9)).astype(np.float32)   # many ties, at the k-th value too
+  for k in (1, 3, 5):
+    expected = taming_gpt.top_k_logits(torch.from_numpy(logits), k).numpy()
+    np.testing.assert_array_equal(mingpt.top_k_logits(jnp.asarray(logits), k), expected)
+
+
+def test_drawn_tokens_follow_their_keys_not_the_batch(reference):
+  """Sample b uses its own key: the same key gives the same tokens in a batch of 1 or 3;
+  draws stay inside the top k."""
+  _, params = reference
+  keys = jax.random.split(jax.random.key(7), 3)
+  prefix = jnp.asarray([[5], [11], [30]])
+  together = mingpt.sample(params, ARCH, prefix, 6, keys, top_k=4)
+  alone = mingpt.sample(params, ARCH, prefix[1:2], 6, keys[1:2], top_k=4)
+  np.testing.assert_array_equal(together[1:2], alone)
+  logits = mingpt.forward(params, ARCH, together[:, :-1])
+  top4 = np.asarray(jax.lax.top_k(logits, 4)[1])
+  chosen = np.asarray(together[:, 1:])
+  assert all(chosen[b, t] in top4[b, t] for b in range(3) for t in range(6))
+  with pytest.raises(ValueError, match='context'):
+    mingpt.sample(params, ARCH, prefix, ARCH.block_size + 1, keys)
