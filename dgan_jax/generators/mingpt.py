@@ -15,9 +15,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-
-from dgan_jax.generators.checkpoint import unflatten
 
 Params = dict[str, Any]
 
@@ -51,21 +48,6 @@ def param_shapes(arch: GPTArch) -> dict[str, tuple[int, ...]]:
   return shapes
 
 
-def init_params(arch: GPTArch, key: jax.Array) -> Params:
-  """minGPT's initialisation: linear and embedding weights N(0, 0.02), biases and the
-  position embedding zero, LayerNorm scales one."""
-  flat = {}
-  for i, (name, shape) in enumerate(param_shapes(arch).items()):
-    if '/ln' in f'/{name}' and name.endswith('weight'):   # LayerNorm scales
-      value = np.ones(shape)
-    elif name.endswith('weight'):
-      value = 0.02 * np.asarray(jax.random.normal(jax.random.fold_in(key, i), shape))
-    else:
-      value = np.zeros(shape)
-    flat[name] = value.astype(np.float32)
-  return unflatten(flat)
-
-
 def _layer_norm(p, x, eps: float = 1e-5):
   mean = jnp.mean(x, axis=-1, keepdims=True)
   var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
@@ -95,18 +77,37 @@ def _mlp(p, x):
   return _linear(p['2'], jax.nn.gelu(_linear(p['0'], x), approximate=False))
 
 
+def _embed(params, tokens, positions):
+  """tokens [B, T], positions [T] -> token + position embeddings [B, T, E]."""
+  return (jnp.take(params['tok_emb']['weight'], tokens, axis=0)
+          + jnp.take(params['pos_emb'][0], positions, axis=0))
+
+
+def _query_key_value(p, arch: GPTArch, x):
+  """A block's attention inputs from x [B, T, E]: q, k, v [B, n_head, T, head_size]."""
+  h = _layer_norm(p['ln1'], x)
+  return tuple(_heads(arch, _linear(p['attn'][n], h)) for n in ('query', 'key', 'value'))
+
+
+def _block_output(p, arch: GPTArch, x, q, k, v, visible):
+  """The rest of a block: x + attention(q, k, v), then x + MLP."""
+  x = x + _attend(p['attn'], arch, q, k, v, visible)
+  return x + _mlp(p['mlp'], _layer_norm(p['ln2'], x))
+
+
+def _logits(params, x):
+  return _layer_norm(params['ln_f'], x) @ params['head']['weight']
+
+
 def forward(params: Params, arch: GPTArch, tokens: jax.Array) -> jax.Array:
   """tokens [B, T] int (T <= block_size) -> logits [B, T, vocab_size], causal."""
   t = tokens.shape[1]
-  x = jnp.take(params['tok_emb']['weight'], tokens, axis=0) + params['pos_emb'][:, :t]
+  x = _embed(params, tokens, jnp.arange(t))
   causal = jnp.tril(jnp.ones((t, t), bool))
   for i in range(arch.n_layer):
     p = params['blocks'][str(i)]
-    h = _layer_norm(p['ln1'], x)
-    q, k, v = (_heads(arch, _linear(p['attn'][n], h)) for n in ('query', 'key', 'value'))
-    x = x + _attend(p['attn'], arch, q, k, v, causal)
-    x = x + _mlp(p['mlp'], _layer_norm(p['ln2'], x))
-  return _layer_norm(params['ln_f'], x) @ params['head']['weight']
+    x = _block_output(p, arch, x, *_query_key_value(p, arch, x), causal)
+  return _logits(params, x)
 
 
 def empty_cache(arch: GPTArch, batch: int, dtype=jnp.float32) -> dict[str, jax.Array]:
@@ -119,23 +120,18 @@ def decode_step(params: Params, arch: GPTArch, cache: dict, tokens: jax.Array,
                 position) -> tuple[jax.Array, dict]:
   """One position with the KV cache: tokens [B] at `position` (traced int) -> (logits
   [B, vocab_size] for the next position, the cache with this position's keys/values)."""
-  x = (jnp.take(params['tok_emb']['weight'], tokens, axis=0)
-       + jax.lax.dynamic_index_in_dim(params['pos_emb'][0], position, 0, keepdims=False))
-  x = x[:, None]                                                       # [B, 1, E]
+  x = _embed(params, tokens[:, None], jnp.asarray(position)[None])    # [B, 1, E]
   visible = (jnp.arange(arch.block_size) <= position)[None]           # [1, block_size]
   keys, values = [], []
   for i in range(arch.n_layer):
     p = params['blocks'][str(i)]
-    h = _layer_norm(p['ln1'], x)
-    q, k, v = (_heads(arch, _linear(p['attn'][n], h)) for n in ('query', 'key', 'value'))
+    q, k, v = _query_key_value(p, arch, x)
     k = jax.lax.dynamic_update_slice_in_dim(cache['k'][i], k, position, axis=2)
     v = jax.lax.dynamic_update_slice_in_dim(cache['v'][i], v, position, axis=2)
     keys.append(k)
     values.append(v)
-    x = x + _attend(p['attn'], arch, q, k, v, visible)
-    x = x + _mlp(p['mlp'], _layer_norm(p['ln2'], x))
-  logits = _layer_norm(params['ln_f'], x[:, 0]) @ params['head']['weight']
-  return logits, {'k': jnp.stack(keys), 'v': jnp.stack(values)}
+    x = _block_output(p, arch, x, q, k, v, visible)
+  return _logits(params, x[:, 0]), {'k': jnp.stack(keys), 'v': jnp.stack(values)}
 
 
 def top_k_logits(logits: jax.Array, k: int) -> jax.Array:

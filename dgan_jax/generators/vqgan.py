@@ -11,14 +11,10 @@ upsample (`up{i}`: the last, at full resolution, is the map before `norm_out`).
 """
 
 import dataclasses
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-
-from dgan_jax.generators.checkpoint import unflatten
 
 Params = dict[str, Any]
 
@@ -134,10 +130,6 @@ def _group_norm(p, x, groups: int = 32, eps: float = 1e-6):
   return (g.reshape(b, h, w, c) * p['weight'] + p['bias']).astype(x.dtype)
 
 
-def _swish(x):
-  return x * jax.nn.sigmoid(x)
-
-
 def _conv(p, x, stride: int = 1, padding='SAME'):
   y = jax.lax.conv_general_dilated(x, p['weight'].astype(x.dtype), (stride, stride), padding,
                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
@@ -145,8 +137,8 @@ def _conv(p, x, stride: int = 1, padding='SAME'):
 
 
 def _resnet_block(p, x):
-  h = _conv(p['conv1'], _swish(_group_norm(p['norm1'], x)))
-  h = _conv(p['conv2'], _swish(_group_norm(p['norm2'], h)))
+  h = _conv(p['conv1'], jax.nn.silu(_group_norm(p['norm1'], x)))
+  h = _conv(p['conv2'], jax.nn.silu(_group_norm(p['norm2'], h)))
   if 'nin_shortcut' in p:
     x = _conv(p['nin_shortcut'], x)
   return x + h
@@ -187,7 +179,7 @@ def encode(params: Params, arch: VQGANArch, images: jax.Array) -> jax.Array:
       # taming pads right and bottom by one, then a stride-2 3x3 conv without padding
       x = _conv(p['down'][str(level)]['downsample']['conv'], x, 2, ((0, 1), (0, 1)))
   x = _middle(p['mid'], x)
-  x = _conv(p['conv_out'], _swish(_group_norm(p['norm_out'], x)))
+  x = _conv(p['conv_out'], jax.nn.silu(_group_norm(p['norm_out'], x)))
   return _conv(params['quant_conv'], x)
 
 
@@ -222,23 +214,5 @@ def decode(params: Params, arch: VQGANArch, codes: jax.Array
     if level != 0:
       x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)   # nearest, scale 2
       x = _conv(up['upsample']['conv'], x)
-  image = _conv(p['conv_out'], _swish(_group_norm(p['norm_out'], x)))
+  image = _conv(p['conv_out'], jax.nn.silu(_group_norm(p['norm_out'], x)))
   return image, maps
-
-
-def init_params(arch: VQGANArch, key: jax.Array) -> Params:
-  """Random weights for tests and smoke runs: conv kernels N(0, 1/fan_in), GroupNorm
-  scales one, biases zero, the codebook N(0, 1). Returns the nested dict."""
-  flat = {}
-  for i, (name, shape) in enumerate(param_shapes(arch).items()):
-    if name.endswith('embedding/weight'):
-      value = np.asarray(jax.random.normal(jax.random.fold_in(key, i), shape))
-    elif name.endswith('weight') and len(shape) == 4:
-      fan_in = math.prod(shape[:3])
-      value = np.asarray(jax.random.normal(jax.random.fold_in(key, i), shape)) / math.sqrt(fan_in)
-    elif name.endswith('weight'):
-      value = np.ones(shape)
-    else:
-      value = np.zeros(shape)
-    flat[name] = value.astype(np.float32)
-  return unflatten(flat)
