@@ -168,6 +168,14 @@ def base() -> ml_collections.ConfigDict:
   config.biggan.train.checkpoint_every = 1000  # steps between orbax checkpoints (resume)
   config.biggan.train.log_every = 100          # steps between progress-bar updates
 
+  # VQGAN's transformer (dgan_jax/generators/vqgan.py) samples with taming's settings:
+  # softmax temperature, top_k (0: every token; taming's ImageNet samples use 600), or
+  # greedy (the most likely token at each step). Classes and counts come from config.biggan.
+  config.vqgan = ml_collections.ConfigDict()
+  config.vqgan.temperature = 1.0
+  config.vqgan.top_k = 600
+  config.vqgan.greedy = False
+
   # The built-in toy domain (dgan_jax/toy/): rendered side-view cars with exact part masks.
   # The `annotate` stage renders a held-out test set (the evaluate stage's default
   # test_dir) and train_images image-mask pairs, trains the fully supervised segmenter on
@@ -225,10 +233,11 @@ _FIELD_RULES = {
         'interpreter.num_steps', 'interpreter.patience_after_epoch', 'generate.preview_count',
         'downstream.steps_per_epoch', 'downstream.few_shot_steps_per_epoch',
         'evaluate.preview_count', 'evaluate.synthetic_test_images', 'toy.train_images',
-        'toy.test_images', 'toy.colour_baseline_images', 'distributed.process_id')},
+        'toy.test_images', 'toy.colour_baseline_images', 'distributed.process_id',
+        'vqgan.top_k')},
     **{field: (lambda v: v > 0, 'positive') for field in (
         'interpreter.learning_rate', 'downstream.learning_rate', 'biggan.z_std',
-        'biggan.train.learning_rate')},
+        'biggan.train.learning_rate', 'vqgan.temperature')},
     'generate.drop_fraction': (lambda v: 0 <= v < 1, 'in [0, 1)'),
     'generate.top_fraction': (lambda v: 0 < v <= 1, 'in (0, 1]'),
     'generator.truncation_psi': (lambda v: math.isfinite(v), 'a finite number'),

@@ -10,7 +10,6 @@ import time
 
 import numpy as np
 from absl import logging
-from PIL import Image
 
 from dgan_jax import domains
 from dgan_jax import factory as factory_lib
@@ -76,19 +75,24 @@ def report(config, workdir: str) -> None:
   report_lib.report(config, workdir)
 
 
-def _check_image(data, regenerated: np.ndarray, palette: np.ndarray) -> np.ndarray:
+def _check_image(data, regenerated: np.ndarray, palette: np.ndarray
+                 ) -> tuple[np.ndarray, float | None]:
   """One row per annotated sample: the stored image | the regenerated one | the mask,
-  on the labelled grid."""
-  tiles = []
+  on the labelled grid; and the regenerated images' PSNR (dB) against the stored ones
+  (None when none is stored): VQGAN's reconstruction quality, a GAN's regeneration."""
+  tiles, stored, compared = [], [], []
   height, width = regenerated.shape[1:3]
   for i, image in enumerate(regenerated):
     picture = data.image(i)
     if picture is None:
       picture = np.full((height, width, 3), 128, np.uint8)
-    elif picture.shape[:2] != (height, width):
-      picture = np.asarray(Image.fromarray(picture).resize((width, height), Image.BILINEAR))
+    else:
+      picture = image_utils.resize_image(picture, height, width)
+      stored.append(picture)
+      compared.append(image)
     tiles += [picture, image, image_utils.colorize(data.masks([i])[0], palette)]
-  return image_utils.grid(np.stack(tiles), columns=3)
+  quality = image_utils.psnr(np.stack(compared), np.stack(stored)) if stored else None
+  return image_utils.grid(np.stack(tiles), columns=3), quality
 
 
 def _heat(values: np.ndarray, num_classes: int) -> np.ndarray:
@@ -146,8 +150,9 @@ def train_interpreter(config, workdir: str) -> None:
   os.makedirs(partial, exist_ok=True)
   check_ids = np.arange(min(CHECK_COUNT, len(data)))
   check_path = os.path.join(partial, 'check.png')
-  image_utils.save_png(check_path, _check_image(
-      data, factory.images({k: v[check_ids] for k, v in data.inputs.items()}), palette))
+  check, reconstruction_psnr = _check_image(
+      data, factory.images({k: v[check_ids] for k, v in data.inputs.items()}), palette)
+  image_utils.save_png(check_path, check)
   logging.info('train_interpreter: %d annotated samples from %s (%s format); compare them '
                'with their regenerated images in %s', len(data), folder, data.format,
                check_path)
@@ -171,7 +176,12 @@ def train_interpreter(config, workdir: str) -> None:
           'last_loss': [float(x) for x in history['loss'][-1]] if len(history['step']) else [],
           'last_accuracy': ([float(x) for x in history['accuracy'][-1]]
                             if len(history['step']) else []),
-          'preview_pixel_agreement': agreement, **trained,
+          'preview_pixel_agreement': agreement,
+          # dB over check.png's images; 'inf' when they are regenerated exactly
+          'reconstruction_psnr': (reconstruction_psnr if reconstruction_psnr is None else
+                                  round(reconstruction_psnr, 2)
+                                  if np.isfinite(reconstruction_psnr) else 'inf'),
+          **trained,
           'train_seconds': round(float(history['seconds'][-1]) if len(history['seconds'])
                                  else time.time() - start, 2)}
   if data.class_ids is not None:

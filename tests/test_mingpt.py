@@ -61,9 +61,7 @@ def test_greedy_sampling_equals_taming_sample(reference):
   steps = ARCH.block_size   # the context is full at the last step (1 + 11 positions)
   with torch.no_grad():
     expected = taming_gpt.sample(model, torch.from_numpy(prefix), steps, sample=False).numpy()
-  keys = jax.random.split(jax.random.key(0), 3)
-  tokens = jax.jit(lambda p, k: mingpt.sample(params, ARCH, p, steps, k, greedy=True))(
-      jnp.asarray(prefix), keys)
+  tokens = jax.jit(lambda p: mingpt.sample(params, ARCH, p, steps, None))(jnp.asarray(prefix))
   np.testing.assert_array_equal(tokens, expected)
   assert len(np.unique(expected[:, 1:])) > 5   # the sequences are not one repeated token
   # A longer prefix is kept as given and continued.
@@ -71,13 +69,13 @@ def test_greedy_sampling_equals_taming_sample(reference):
   with torch.no_grad():
     expected = taming_gpt.sample(model, torch.from_numpy(longer), 5, sample=False).numpy()
   np.testing.assert_array_equal(
-      mingpt.sample(params, ARCH, jnp.asarray(longer), 5, keys, greedy=True), expected)
+      mingpt.sample(params, ARCH, jnp.asarray(longer), 5, None), expected)
   # The same with top-k and a temperature (greedy picks the same maximum).
   with torch.no_grad():
     expected = taming_gpt.sample(model, torch.from_numpy(prefix[:, :1]), 4, temperature=0.7,
                                  sample=False, top_k=3).numpy()
-  tokens = mingpt.sample(params, ARCH, jnp.asarray(prefix), 4, keys, temperature=0.7,
-                         top_k=3, greedy=True)
+  tokens = mingpt.sample(params, ARCH, jnp.asarray(prefix), 4, None, temperature=0.7,
+                         top_k=3)
   np.testing.assert_array_equal(tokens, expected)
 
 
@@ -89,18 +87,37 @@ def test_top_k_masking_equals_taming():
     np.testing.assert_array_equal(mingpt.top_k_logits(jnp.asarray(logits), k), expected)
 
 
-def test_drawn_tokens_follow_their_keys_not_the_batch(reference):
-  """Sample b uses its own key: the same key gives the same tokens in a batch of 1 or 3;
-  draws stay inside the top k."""
+def test_inversion_draws_each_token_with_its_softmax_probability():
+  """u on an even grid of [0, 1): each token is drawn for a share of the grid equal to its
+  softmax probability (computed here in float64); masked tokens are never drawn."""
+  logits = np.array([[0.3, -1.0, 2.0, -np.inf, 0.0, 1.1]], np.float32)
+  grid = (np.arange(100_000) + 0.5) / 100_000
+  tokens = mingpt.categorical_by_inversion(
+      jnp.repeat(jnp.asarray(logits), len(grid), axis=0), jnp.asarray(grid, jnp.float32))
+  shares = np.bincount(np.asarray(tokens), minlength=6) / len(grid)
+  finite = np.where(np.isfinite(logits[0]), logits[0], -np.inf).astype(np.float64)
+  probabilities = np.exp(finite - finite.max()) / np.exp(finite - finite.max()).sum()
+  np.testing.assert_allclose(shares, probabilities, atol=2e-5)
+  assert shares[3] == 0
+  # u -> 1 takes the last token of positive probability, never a masked one.
+  last = mingpt.categorical_by_inversion(jnp.asarray([[1.0, 2.0, -np.inf]]),
+                                         jnp.asarray([0.99999994]))
+  assert int(last[0]) == 1
+
+
+def test_drawn_tokens_follow_their_numbers_not_the_batch(reference):
+  """Sample b uses its own uniforms: the same numbers give the same tokens in a batch of
+  1 or 3; draws stay inside the top k."""
   _, params = reference
-  keys = jax.random.split(jax.random.key(7), 3)
+  uniforms = jax.random.uniform(jax.random.key(7), (3, 6))
   prefix = jnp.asarray([[5], [11], [30]])
-  together = mingpt.sample(params, ARCH, prefix, 6, keys, top_k=4)
-  alone = mingpt.sample(params, ARCH, prefix[1:2], 6, keys[1:2], top_k=4)
+  together = mingpt.sample(params, ARCH, prefix, 6, uniforms, top_k=4)
+  alone = mingpt.sample(params, ARCH, prefix[1:2], 6, uniforms[1:2], top_k=4)
   np.testing.assert_array_equal(together[1:2], alone)
   logits = mingpt.forward(params, ARCH, together[:, :-1])
   top4 = np.asarray(jax.lax.top_k(logits, 4)[1])
   chosen = np.asarray(together[:, 1:])
   assert all(chosen[b, t] in top4[b, t] for b in range(3) for t in range(6))
+  assert len(np.unique(chosen)) > 3   # not a single repeated token
   with pytest.raises(ValueError, match='context'):
-    mingpt.sample(params, ARCH, prefix, ARCH.block_size + 1, keys)
+    mingpt.sample(params, ARCH, prefix, ARCH.block_size + 1, None)

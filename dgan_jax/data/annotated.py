@@ -10,6 +10,10 @@ them: what regenerates each sample, its mask, the stored image.
 
 A folder with an annotations/ subfolder is in BigDatasetGAN's layout; any other is read
 by data/annotations.py.
+
+Generators that encode images (VQGAN: `encodes_images`) need no latents: every mask of
+either format is paired with its image, which is centre-cropped to a square and resized
+to the generator's resolution (the mask, cropped alike, to the labelled grid).
 """
 
 import dataclasses
@@ -73,6 +77,8 @@ def read(folder: str, g, sampling, data_config, grid: tuple[int, int]) -> Annota
   if not folder or not os.path.isdir(folder):
     raise InputError(f'config.data.annotation_dir: {folder or "(empty)"} is not a directory')
   fmt = detect_format(folder)
+  if g.encodes_images:
+    return _read_images(folder, fmt, g, sampling, data_config, grid)
   if fmt == LAYOUT:
     return _read_layout(folder, g, sampling, data_config, grid)
   if g.num_classes:
@@ -101,6 +107,41 @@ def _read_layout(folder, g, sampling, data_config, grid) -> AnnotatedSet:
   return AnnotatedSet(folder, LAYOUT, data.names, inputs, data.class_ids,
                       os.path.join(folder, 'latents', subset),
                       lambda i: layout_lib.read_mask(data.mask_paths[i], grid[0]), data.image)
+
+
+def _read_images(folder, fmt, g, sampling, data_config, grid) -> AnnotatedSet:
+  if data_config.crop_rows:
+    raise InputError(f'config.data.crop_rows: a {g.family} generator encodes whole square '
+                     'images; leave crop_rows empty')
+  if grid[0] != grid[1]:
+    raise InputError(f'config.data.feature_size: a {g.family} generator labels a square '
+                     f'grid, not {grid}')
+  if fmt == LAYOUT:
+    if data_config.num_classes != 2:
+      raise InputError(f'{folder}: BigDatasetGAN masks are foreground/background; '
+                       f'config.data.num_classes must be 2, not {data_config.num_classes}')
+    pictures, masks, class_ids, names = layout_lib.read_pairs(folder)
+  else:
+    pictures, masks, class_ids = read_pairs(folder, data_config.num_annotated,
+                                            data_config.num_classes,
+                                            data_config.min_segment_pixels)
+    names = [os.path.basename(annotations.image_path(folder, i, fmt))
+             for i in range(len(pictures))]
+  squares = [_centre_square(p) for p in pictures]
+  images = np.stack([image_utils.resize_image(p[rows, cols], g.resolution, g.resolution)
+                     for p, (rows, cols) in zip(pictures, squares)])
+  grid_masks = [annotations.resize_nearest(m[rows, cols], *grid)
+                for m, (rows, cols) in zip(masks, squares)]
+  return AnnotatedSet(folder, fmt, names, sampling.from_images(images, class_ids), class_ids,
+                      folder, lambda i: grid_masks[i], lambda i: images[i])
+
+
+def _centre_square(picture: np.ndarray) -> tuple[slice, slice]:
+  """The rows and columns of an [h, w, ...] array's centred square of side min(h, w)."""
+  h, w = picture.shape[:2]
+  side = min(h, w)
+  top, left = (h - side) // 2, (w - side) // 2
+  return slice(top, top + side), slice(left, left + side)
 
 
 def write_samples(folder: str, g, images: np.ndarray, inputs: dict,

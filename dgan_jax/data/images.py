@@ -16,6 +16,20 @@ def read_rgb(path: str) -> np.ndarray:
     raise InputError(f'{path}: not a readable image ({e})') from None
 
 
+def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """uint8 [h, w, 3] -> [height, width, 3], PIL bicubic."""
+  if image.shape[:2] == (height, width):
+    return image
+  return np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC))
+
+
+def psnr(images: np.ndarray, references: np.ndarray) -> float:
+  """Peak signal-to-noise ratio in dB of uint8 images against references (same shape),
+  over all their pixels: 10 log10(255^2 / MSE); inf when they are equal."""
+  mse = np.mean(np.square(np.asarray(images, np.float64) - np.asarray(references, np.float64)))
+  return float(10 * np.log10(255.0 ** 2 / mse)) if mse > 0 else float('inf')
+
+
 def to_uint8(images: np.ndarray) -> np.ndarray:
   """Generator output in [-1, 1] (float, any shape) -> uint8, as DatasetGAN does:
   x * 127.5 + 128, truncated to an integer, clipped to [0, 255]."""

@@ -19,7 +19,6 @@ import threading
 from typing import Iterator, Sequence
 
 import numpy as np
-from PIL import Image
 
 from dgan_jax.bigdatasetgan import layout as layout_lib
 from dgan_jax.data import annotated
@@ -34,13 +33,6 @@ AUGMENT_STREAM = 12
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
 # Padding of images smaller than the crop: ImageNet's mean colour (0 after `normalize`).
 PAD_COLOR = tuple(int(round(255 * m)) for m in deeplab.IMAGENET_MEAN)
-
-
-def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
-  """uint8 [h, w, 3] -> [height, width, 3], PIL bicubic."""
-  if image.shape[:2] == (height, width):
-    return image
-  return np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC))
 
 
 def resize_label(label: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -71,10 +63,10 @@ class Augment:
     """image uint8 [h, w, 3], label [h, w] -> ([R, R, 3] uint8, [R, R] uint8)."""
     r = self.resolution
     if rng is None or not self.enabled:
-      return resize_image(image, r, r), resize_label(label, r, r).astype(np.uint8)
+      return image_utils.resize_image(image, r, r), resize_label(label, r, r).astype(np.uint8)
     low, high = self.scale_range
     size = max(1, int(round(r * rng.uniform(low, high))))
-    image, label = resize_image(image, size, size), resize_label(label, size, size)
+    image, label = image_utils.resize_image(image, size, size), resize_label(label, size, size)
     if size >= r:
       y, x = rng.integers(0, size - r + 1, size=2)
       image, label = image[y:y + r, x:x + r], label[y:y + r, x:x + r]
@@ -288,7 +280,7 @@ def read_test_folder(folder: str, num_classes: int, resolution: int,
       raise InputError(f'{mask_file}: class id {int(mask[bad][0])} outside 0..{num_classes - 1}'
                        f' (and not the ignore label {IGNORE_LABEL})')
     image = image_utils.read_rgb(os.path.join(folder, image_name))
-    images.append(resize_image(image, resolution, resolution))
+    images.append(image_utils.resize_image(image, resolution, resolution))
     labels.append(resize_label(mask, resolution, resolution).astype(np.uint8))
   return LabeledImages([os.path.splitext(n)[0] for n in image_names], np.stack(images),
                        np.stack(labels))
@@ -302,7 +294,7 @@ def _read_test_layout(folder: str, num_classes: int, resolution: int,
     if label.max(initial=0) >= num_classes and label.max() != IGNORE_LABEL:
       raise InputError(f'{folder}/annotations/{name}.png: label {int(label.max())} outside '
                        f'0..{num_classes - 1}')
-  return LabeledImages(names, np.stack([resize_image(i, resolution, resolution)
+  return LabeledImages(names, np.stack([image_utils.resize_image(i, resolution, resolution)
                                         for i in images]),
                        np.stack([resize_label(l, resolution, resolution) for l in labels]))
 

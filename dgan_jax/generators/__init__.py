@@ -11,3 +11,4 @@ from dgan_jax.generators.checkpoint import CheckpointError
 from dgan_jax.generators.load import from_config, identity, load
 from dgan_jax.generators.stylegan1 import StyleGAN1Arch, StyleGAN1Generator
 from dgan_jax.generators.stylegan2 import StyleGAN2Arch, StyleGAN2Generator
+from dgan_jax.generators.vqgan import VQGANArch, VQGANGenerator

@@ -73,6 +73,11 @@ class Sampling(abc.ABC):
     latents: [N, ...] as stored (z, or W when latent_kind is 'w'); ids: the annotated
     samples' numbers [N] (the sample stage's indices); class_ids: [N] or None."""
 
+  def from_images(self, images: np.ndarray, class_ids: np.ndarray | None) -> Inputs:
+    """Annotated images uint8 [N, R, R, 3] (class ids [N] or None) -> inputs that encode
+    them; only for generators that `encodes_images`."""
+    raise NotImplementedError(f'{type(self).__name__} regenerates samples from latents')
+
   @abc.abstractmethod
   def record(self) -> dict:
     """JSON: the settings sample i depends on (besides the seed), so that a stage can
@@ -143,6 +148,13 @@ class Generator(abc.ABC):
   def cond_dim(self) -> int:
     """Width of the per-sample class conditioning `apply` returns (0: none)."""
     return 0
+
+  @property
+  def encodes_images(self) -> bool:
+    """True for autoencoders (VQGAN): an annotated image is encoded, not regenerated from
+    a stored latent, so masks drawn on any image train the labeler
+    (`Sampling.from_images`; data/annotated.py)."""
+    return False
 
   @abc.abstractmethod
   def sampling(self, config) -> Sampling:

@@ -5,8 +5,10 @@ taming's are [out, in]), with a KV cache and a compiled sampling loop.
 
 Sampling follows taming's `mingpt.sample`: logits of the last position / temperature,
 optionally all but the top k set to -inf (`top_k_logits`: values below the k-th largest),
-then the most likely token (greedy) or a draw from the softmax. Sample b's draw at
-position t uses fold_in(keys[b], t), so a sample's tokens do not depend on its batch.
+then the most likely token (greedy) or a draw from the softmax. A draw inverts the
+softmax's cumulative distribution at one uniform number per sample and step
+(`categorical_by_inversion`), so a sample's tokens are a function of its own numbers,
+whatever its batch.
 """
 
 import dataclasses
@@ -140,12 +142,23 @@ def top_k_logits(logits: jax.Array, k: int) -> jax.Array:
   return jnp.where(logits < kth, -jnp.inf, logits)
 
 
-def sample(params: Params, arch: GPTArch, prefix: jax.Array, steps: int, keys: jax.Array,
-           temperature: float = 1.0, top_k: int | None = None, greedy: bool = False
+def categorical_by_inversion(logits: jax.Array, uniforms: jax.Array) -> jax.Array:
+  """logits [B, V] (-inf allowed), uniforms [B] in [0, 1) -> tokens [B] int32: the
+  smallest index whose cumulative softmax probability exceeds u (so token v is drawn
+  with probability softmax(logits)[v] when u ~ U[0, 1))."""
+  cumulative = jnp.cumsum(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=-1)
+  threshold = uniforms[:, None] * cumulative[:, -1:]
+  count = jnp.sum(cumulative <= threshold, axis=-1)
+  return jnp.minimum(count, logits.shape[-1] - 1).astype(jnp.int32)
+
+
+def sample(params: Params, arch: GPTArch, prefix: jax.Array, steps: int,
+           uniforms: jax.Array | None, temperature: float = 1.0, top_k: int | None = None
            ) -> jax.Array:
-  """prefix [B, t0] int tokens (the conditioning, e.g. the class token), keys [B] PRNG keys
-  -> [B, t0 + steps]: the prefix and `steps` tokens decoded one at a time with the KV cache,
-  in one `lax.scan`. The whole sequence must fit the context: t0 + steps - 1 <= block_size."""
+  """prefix [B, t0] int tokens (the conditioning, e.g. the class token), uniforms
+  [B, steps] in [0, 1) (one per drawn token; None: greedy, the most likely token)
+  -> [B, t0 + steps]: the prefix and `steps` tokens decoded one at a time with the KV
+  cache, in one `lax.scan`. The sequence must fit the context: t0 + steps - 1 <= block_size."""
   batch, t0 = prefix.shape
   length = t0 + steps
   if t0 < 1 or length - 1 > arch.block_size:
@@ -160,11 +173,12 @@ def sample(params: Params, arch: GPTArch, prefix: jax.Array, steps: int, keys: j
     logits = logits / temperature
     if top_k is not None:
       logits = top_k_logits(logits, top_k)
-    if greedy:
+    if uniforms is None:
       chosen = jnp.argmax(logits, axis=-1)
     else:
-      step_keys = jax.vmap(lambda k: jax.random.fold_in(k, position))(keys)
-      chosen = jax.vmap(jax.random.categorical)(step_keys, logits)
+      step = jnp.clip(position + 1 - t0, 0, steps - 1)
+      chosen = categorical_by_inversion(
+          logits, jax.lax.dynamic_index_in_dim(uniforms, step, 1, keepdims=False))
     following = jax.lax.dynamic_index_in_dim(buffer, position + 1, 1, keepdims=False)
     chosen = jnp.where(position + 1 < t0, following, chosen.astype(jnp.int32))
     buffer = jax.lax.dynamic_update_index_in_dim(buffer, chosen, position + 1, 1)

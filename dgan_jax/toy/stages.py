@@ -81,7 +81,7 @@ def label_images(config, run_dir: str, images: np.ndarray) -> np.ndarray:
       train_lib.restore_epoch(run_dir, train_lib.epoch_checkpoints(run_dir)[-1], arch),
       jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   resolution = config.downstream.resolution
-  resized = np.stack([data_lib.resize_image(image, resolution, resolution) for image in images])
+  resized = np.stack([image_utils.resize_image(image, resolution, resolution) for image in images])
   blank = np.zeros(resized.shape[:3], np.uint8)
   predictions, _, _ = evaluate_lib.predict_all(predict, variables, resized, blank,
                                                config.evaluate.batch_size, mesh)
