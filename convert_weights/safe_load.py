@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import re
 import zipfile
 
 import numpy as np
@@ -45,6 +46,10 @@ def load_torch_object(path: str, safe_globals: tuple = ()):
     with torch.serialization.safe_globals(list(safe_globals)):
       return torch.load(path, map_location='cpu', weights_only=True)
   except pickle.UnpicklingError as e:
+    refused = re.search(r'Unsupported global: GLOBAL ([\w.]+)', str(e))
+    if refused:
+      raise CheckpointError(f'{path}: refusing to load class {refused.group(1)}: a checkpoint '
+                            'is read as tensors and plain containers only') from None
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise CheckpointError(f'{path}: refused or unreadable as a weights-only PyTorch file '
                           f'({first})') from None
