@@ -184,3 +184,36 @@ def test_train_interpreter_learns_from_photographs(vqgan, tmp_path):
   assert check.shape == (2 + 3 * 34, 2 + 3 * 34, 3)
   np.testing.assert_array_equal(check[2:34, 2:34], prepared[0])
   assert np.abs(check[2:34, 36:68].astype(int) - _uint8(reconstructed[0])).max() <= 1
+
+
+def test_imagenet_config_names_taming_model_and_fits_its_maps(tmp_path):
+  """configs/bigdatasetgan_vqgan.py: the cin_transformer's numbers (taming's project.yaml)
+  are the architecture's defaults; its head groups fit the decoder's maps; a missing
+  checkpoint says how to get one; bad sampling settings name their field."""
+  from dgan_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from dgan_jax.errors import InputError  # pylint: disable=import-outside-toplevel
+  from dgan_jax.generators import vqgan as vqgan_lib  # pylint: disable=import-outside-toplevel
+  arch = vqgan_lib.VQGANArch()
+  assert (arch.resolution, arch.ch, arch.ch_mult, arch.attn_resolutions, arch.n_embed,
+          arch.embed_dim) == (256, 128, (1, 1, 2, 2, 4), (16,), 16384, 256)
+  assert (arch.vocab_size, arch.block_size, arch.n_layer, arch.n_head, arch.n_embd,
+          arch.num_classes) == (16384, 256, 48, 24, 1536, 1000)
+  config = importlib.import_module('configs.bigdatasetgan_vqgan').get_config()
+  assert (config.vqgan.temperature, config.vqgan.top_k) == (1.0, 600)
+  head_lib.HeadArch(tuple(r for _, r, _ in arch.feature_maps),
+                    tuple(c for _, _, c in arch.feature_maps), 0,
+                    group_sizes=tuple(config.biggan.head.group_sizes),
+                    group_channels=tuple(config.biggan.head.group_channels))
+  config.generator.checkpoint = str(tmp_path / 'nowhere')
+  with pytest.raises(InputError, match='convert_weights vqgan'):
+    generators.from_config(config.generator, config.seed)
+  for field, value in (('temperature', 0.0), ('top_k', -1)):
+    bad = _config()
+    bad.vqgan[field] = value
+    with pytest.raises(InputError, match=f'config.vqgan.{field}'):
+      config_lib.validate(bad)
+  too_many = _config()
+  too_many.vqgan.top_k = 2000
+  g = generators.from_config(too_many.generator, too_many.seed)
+  with pytest.raises(InputError, match='config.vqgan.top_k'):
+    g.sampling(too_many)
