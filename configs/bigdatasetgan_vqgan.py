@@ -19,13 +19,14 @@ Sampling follows taming's ImageNet samples: temperature 1.0, top-k 600 (its nucl
 filter, top-p, is not implemented).
 """
 
+from configs import bigdatasetgan
 from dgan_jax import config as config_lib
 
 
 def get_config(arg=None):
-  del arg
-  config = config_lib.base()
-  config.stages = 'train_interpreter,generate'
+  """configs/bigdatasetgan.py's classes, head and training, with the VQGAN as the
+  generator and head groups for its 256 px decoder."""
+  config = bigdatasetgan.get_config(arg)
   config.generator.checkpoint = 'checkpoints/vqgan_cin'
   config.generator.how_to_get = (
       "Get taming-transformers' ImageNet cin_transformer log folder "
@@ -33,24 +34,9 @@ def get_config(arg=None):
       'python -m convert_weights vqgan 2021-04-03T19-39-50_cin_transformer '
       'checkpoints/vqgan_cin')
   config.data.name = 'bigdatasetgan_vqgan'
-  config.labeler = 'conv_head'
-  config.data.num_classes = 2
-  config.data.class_names = ('background', 'foreground')
-  config.data.annotation_dir = 'data'
-  config.biggan.class_idx = (225, 200)
-  config.biggan.samples_per_class = 10
-  config.biggan.annotate_per_class = 5
   config.vqgan.temperature = 1.0
   config.vqgan.top_k = 600
   # The decoder's maps: 16 px (512 channels), 32 and 64 (256), 128 and 256 (128).
   config.biggan.head.group_sizes = (32, 128, 256)
-  config.biggan.head.group_channels = (128, 64, 32)
-  config.biggan.head.num_members = 1
-  config.biggan.train.num_steps = 5000
-  config.biggan.train.batch_size = 4
-  config.biggan.train.learning_rate = 1e-3
-  config.generate.drop_fraction = 0.0   # one head: no disagreement to filter on
-  config.generate.batch_size = 4
-  config.generate.samples_per_shard = 64
   config.generate.dataset_name = 'bigdatasetgan_vqgan'
   return config_lib.finalize(config)

@@ -9,12 +9,13 @@ through the encoder (annotated images need no latents with a VQGAN).
 
 import ml_collections
 
+from configs import test_biggan
 from dgan_jax import config as config_lib
 
 
 def get_config(arg=None):
-  del arg
-  config = config_lib.base()
+  """configs/test_biggan.py's stages, counts and heads, with the VQGAN as the generator."""
+  config = test_biggan.get_config(arg)
   config.generator.random_init.type = 'vqgan'
   config.generator.random_init.arch = ml_collections.ConfigDict(
       {'resolution': 32, 'ch': 32, 'ch_mult': (1, 2, 2), 'num_res_blocks': 1,  # 32, 16, 8 px
@@ -22,27 +23,6 @@ def get_config(arg=None):
        'vocab_size': 1024, 'block_size': 64, 'n_layer': 2, 'n_head': 2, 'n_embd': 32,
        'num_classes': 1000})
   config.data.name = 'test_vqgan'
-  config.labeler = 'conv_head'
-  config.data.num_classes = 2
-  config.data.class_names = ('background', 'foreground')
-  config.data.synthetic_masks = True    # brightness masks stand in for annotations
-  config.biggan.class_idx = (225, 200)
-  config.biggan.annotate_per_class = 4
-  config.biggan.samples_per_class = 6
   config.vqgan.top_k = 100
-  config.biggan.head.group_sizes = (8, 16, 32)
-  config.biggan.head.group_channels = (16, 8, 8)
-  config.biggan.head.num_members = 2
-  config.biggan.train.num_steps = 30
-  config.biggan.train.batch_size = 4
-  config.biggan.train.checkpoint_every = 20
-  config.biggan.train.log_every = 10
-  config.sample.batch_size = 4
-  config.generate.batch_size = 4
-  config.generate.samples_per_shard = 4
-  config.generate.drop_fraction = 0.25
-  config.generate.preview_count = 8
   config.generate.dataset_name = 'vqgan'
-  config.downstream.label_mode = 'binary'   # BigDatasetGAN's foreground / background
-  config_lib.smoke_downstream(config)
   return config_lib.finalize(config)

@@ -14,7 +14,8 @@ taming_quantize = pytest.importorskip('taming.modules.vqvae.quantize')
 
 # Two levels (16 and 8 px), attention at 8 px, a channel change at each level (nin_shortcut).
 ARCH = vqgan.VQGANArch(resolution=16, ch=32, ch_mult=(1, 2), num_res_blocks=1,
-                       attn_resolutions=(8,), z_channels=8, n_embed=24, embed_dim=4)
+                       attn_resolutions=(8,), z_channels=8, n_embed=24, embed_dim=4,
+                       n_layer=0)
 DDCONFIG = dict(ch=ARCH.ch, out_ch=ARCH.out_ch, ch_mult=ARCH.ch_mult,
                 num_res_blocks=ARCH.num_res_blocks, attn_resolutions=ARCH.attn_resolutions,
                 dropout=0.0, in_channels=ARCH.in_channels, resolution=ARCH.resolution,
