@@ -13,6 +13,7 @@ from PIL import Image
 
 import conftest
 from conftest import REPO
+from dgan_jax.data import images as image_utils
 from dgan_jax.data import tfds_writer
 from dgan_jax.downstream import data as data_lib
 from dgan_jax.downstream import deeplab
@@ -84,7 +85,7 @@ def test_augmentation_keeps_image_and_label_aligned():
   image, label = shapes_image(rng, 40, 40)
   plain = data_lib.Augment(32)
   base_image, base_label = plain(image, label, np.random.default_rng(1))
-  np.testing.assert_array_equal(base_image, data_lib.resize_image(image, 32, 32))
+  np.testing.assert_array_equal(base_image, image_utils.resize_image(image, 32, 32))
   np.testing.assert_array_equal(base_label, data_lib.resize_label(label, 32, 32))
 
   flips = data_lib.Augment(32, flip=True)
@@ -109,13 +110,13 @@ def test_augmentation_keeps_image_and_label_aligned():
   np.testing.assert_array_equal(out_label[y:y + 16, x:x + 16],
                                 data_lib.resize_label(label, 16, 16))
   np.testing.assert_array_equal(out_image[y:y + 16, x:x + 16],
-                                data_lib.resize_image(image, 16, 16))
+                                image_utils.resize_image(image, 16, 16))
   assert (out_image[~inside] == data_lib.PAD_COLOR).all()
 
   # Scale 2: a 32 px window of the 64 px picture, the same window in both.
   out_image, out_label = data_lib.Augment(32, scale_range=(2.0, 2.0))(
       image, label, np.random.default_rng(3))
-  big_image, big_label = data_lib.resize_image(image, 64, 64), data_lib.resize_label(label, 64, 64)
+  big_image, big_label = image_utils.resize_image(image, 64, 64), data_lib.resize_label(label, 64, 64)
   windows = [(y, x) for y in range(33) for x in range(33)
              if np.array_equal(big_image[y:y + 32, x:x + 32], out_image)]
   assert len(windows) == 1

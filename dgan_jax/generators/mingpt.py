@@ -184,6 +184,7 @@ def sample(params: Params, arch: GPTArch, prefix: jax.Array, steps: int,
     buffer = jax.lax.dynamic_update_index_in_dim(buffer, chosen, position + 1, 1)
     return (buffer, cache), None
 
-  (buffer, _), _ = jax.lax.scan(one_position, (buffer, empty_cache(arch, batch)),
+  cache = empty_cache(arch, batch, params['pos_emb'].dtype)
+  (buffer, _), _ = jax.lax.scan(one_position, (buffer, cache),
                                 jnp.arange(length - 1))
   return buffer

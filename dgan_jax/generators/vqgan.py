@@ -17,7 +17,6 @@ upsample (`up{i}`: the last, at full resolution, is the map before `norm_out`).
 """
 
 import dataclasses
-import functools
 from typing import Any
 
 import jax
@@ -316,7 +315,7 @@ class VQGANSampling(base.ClassSampling):
 
   @classmethod
   def from_config(cls, config, dim_z: int, num_classes: int,
-                  vocab_size: int = 0) -> 'VQGANSampling':
+                  vocab_size: int) -> 'VQGANSampling':
     classes = base.ClassSampling.from_config(config, dim_z, num_classes)
     v = config.vqgan   # temperature > 0 and top_k >= 0: config.validate
     if v.top_k > vocab_size:
@@ -360,6 +359,7 @@ class VQGANGenerator(base.Generator):
     self.arch = arch
     self.dtype = jnp.dtype(dtype)
     self.params = jax.tree.map(lambda a: jnp.asarray(a, self.dtype), params)
+    self._compiled = {}
 
   @classmethod
   def from_checkpoint(cls, arch_json, arrays, source, dtype):
@@ -406,14 +406,12 @@ class VQGANGenerator(base.Generator):
     (`feature_specs`), None: the decoder is unconditional)."""
     params = variables['params']
     if 'image' in inputs:
-      codes = quantize(params['first_stage_model'],
-                       encode(params['first_stage_model'], self.arch,
-                              inputs['image'].astype(self.dtype)))[1]
+      codes = self._encoded(params, inputs['image'])
     else:
-      tokens = self._sample(params, inputs['class_id'], inputs['z'], sampling.temperature,
-                            sampling.top_k, sampling.greedy)
-      codes = self._codes(params, tokens)
-    image, maps = decode(params['first_stage_model'], self.arch, codes.astype(self.dtype))
+      codes = self._codes(params, self._sample(params, inputs['class_id'], inputs['z'],
+                                               sampling.temperature, sampling.top_k,
+                                               sampling.greedy))
+    image, maps = self._decoded(params, codes)
     return image, maps, None
 
   def _sample(self, params, class_ids, z, temperature, top_k, greedy):
@@ -436,34 +434,39 @@ class VQGANGenerator(base.Generator):
     int32, row-major over the code grid (taming's identity permuter)."""
     if not self.arch.n_layer:
       raise ValueError('this VQGAN has no transformer')
-    return _jit(self, '_sample', 3, 4, 5)(self.params, jnp.asarray(class_ids),
+    return self._jitted('_sample', 3, 4, 5)(self.params, jnp.asarray(class_ids),
                                           jnp.asarray(z, jnp.float32), temperature, top_k,
                                           greedy)
 
   def decode_tokens(self, tokens) -> tuple[jax.Array, list[jax.Array]]:
     """tokens [B, codes] -> (image [B, R, R, 3] float32, the decoder's maps)."""
-    return _jit(self, '_decode_tokens')(self.params, jnp.asarray(tokens, jnp.int32))
+    return self._jitted('_decode_tokens')(self.params, jnp.asarray(tokens, jnp.int32))
 
   def reconstruct(self, images) -> tuple[jax.Array, list[jax.Array]]:
     """images [B, R, R, 3] in [-1, 1] -> (the reconstruction [B, R, R, 3] float32, the
     decoder's maps): encode, quantize, decode."""
-    return _jit(self, '_reconstruct')(self.params, jnp.asarray(images))
+    return self._jitted('_reconstruct')(self.params, jnp.asarray(images))
+
+  def _jitted(self, method: str, *static_argnums):
+    if (method, static_argnums) not in self._compiled:
+      self._compiled[method, static_argnums] = jax.jit(getattr(self, method),
+                                                       static_argnums=static_argnums)
+    return self._compiled[method, static_argnums]
+
+  def _encoded(self, params, images):
+    p = params['first_stage_model']
+    return quantize(p, encode(p, self.arch, images.astype(self.dtype)))[1]
+
+  def _decoded(self, params, codes):
+    return decode(params['first_stage_model'], self.arch, codes.astype(self.dtype))
 
   def _decode_tokens(self, params, tokens):
-    image, maps = decode(params['first_stage_model'], self.arch,
-                         self._codes(params, tokens).astype(self.dtype))
+    image, maps = self._decoded(params, self._codes(params, tokens))
     return image.astype(jnp.float32), maps
 
   def _reconstruct(self, params, images):
-    p = params['first_stage_model']
-    codes = quantize(p, encode(p, self.arch, images.astype(self.dtype)))[1]
-    image, maps = decode(p, self.arch, codes.astype(self.dtype))
+    image, maps = self._decoded(params, self._encoded(params, images))
     return image.astype(jnp.float32), maps
-
-
-@functools.lru_cache(maxsize=32)
-def _jit(g: VQGANGenerator, method: str, *static_argnums):
-  return jax.jit(getattr(g, method), static_argnums=static_argnums)
 
 
 Generator = VQGANGenerator
