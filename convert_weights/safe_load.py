@@ -30,10 +30,15 @@ def check_zip_crcs(path: str) -> None:
     raise CheckpointError(f'{path}: corrupt: the bytes of {bad} do not match their CRC')
 
 
-def load_torch_object(path: str, safe_globals: tuple = ()):
-  """A PyTorch `.pt`/`.pth` file -> the object it holds, through torch's weights-only
-  unpickler (tensors, containers and the classes in `safe_globals`; nothing executes).
-  Zip-format files have their CRCs checked first."""
+def load_torch_object(path: str, safe_globals: tuple = (), class_references: bool = False):
+  """A PyTorch `.pt`/`.pth`/`.ckpt` file -> the object it holds, through torch's
+  weights-only unpickler (tensors, containers and the classes in `safe_globals`; nothing
+  executes). Zip-format files have their CRCs checked first.
+
+  class_references: where the weights-only unpickler refuses a class, read the file again
+  with `_TensorUnpickler`, which admits the same tensors and containers and keeps any other
+  class that is only named (PyTorch Lightning 1.0 keys its callbacks' states by their
+  class) as its name; one the file would construct is refused by name."""
   check_file(path)
   if zipfile.is_zipfile(path):
     check_zip_crcs(path)
@@ -47,6 +52,8 @@ def load_torch_object(path: str, safe_globals: tuple = ()):
       return torch.load(path, map_location='cpu', weights_only=True)
   except pickle.UnpicklingError as e:
     refused = re.search(r'Unsupported global: GLOBAL ([\w.]+)', str(e))
+    if refused and class_references:
+      return _load_with_class_references(torch, path)
     if refused:
       raise CheckpointError(f'{path}: refusing to load class {refused.group(1)}: a checkpoint '
                             'is read as tensors and plain containers only') from None
@@ -54,9 +61,60 @@ def load_torch_object(path: str, safe_globals: tuple = ()):
     raise CheckpointError(f'{path}: refused or unreadable as a weights-only PyTorch file '
                           f'({first})') from None
   except Exception as e:  # torch raises RuntimeError/EOFError/zip errors for damaged files
-    raise CheckpointError(f'{path}: corrupt or truncated PyTorch file '
-                          f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})'
-                          ) from None
+    raise _corrupt(path, e) from None
+
+
+def _corrupt(path: str, e: Exception) -> CheckpointError:
+  return CheckpointError(f'{path}: corrupt or truncated PyTorch file '
+                         f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})')
+
+
+class ClassReference(str):
+  """A class a checkpoint names only as data, kept as its dotted name and never imported;
+  constructing one is refused."""
+
+  def __call__(self, *args, **kwargs):
+    raise pickle.UnpicklingError(f'refusing to load class {self}')
+
+
+# What a tensor checkpoint's pickle may call: torch's tensor and parameter rebuilders,
+# OrderedDict, torch.Size, sets (storages are resolved by torch's own loader).
+_TENSOR_GLOBALS = {
+    ('torch._utils', '_rebuild_tensor'), ('torch._utils', '_rebuild_tensor_v2'),
+    ('torch._utils', '_rebuild_parameter'), ('torch._utils', '_rebuild_parameter_with_state'),
+    ('torch._tensor', '_rebuild_from_type_v2'), ('torch.nn.parameter', 'Parameter'),
+    ('torch', 'Tensor'), ('torch', 'Size'), ('collections', 'OrderedDict'),
+    ('builtins', 'set'), ('builtins', 'frozenset'),
+}
+
+
+class _TensorUnpickler(pickle.Unpickler):
+  """Admits `_TENSOR_GLOBALS`, torch dtypes and numpy arrays and scalars; any other global
+  becomes a ClassReference (its name, inert)."""
+  referenced: list
+
+  def find_class(self, module, name):
+    import torch  # pylint: disable=import-outside-toplevel
+    if ((module, name) in _TENSOR_GLOBALS
+        or (module == 'torch' and isinstance(getattr(torch, name, None), torch.dtype))
+        or (module in _NUMPY_MODULES and name in _NUMPY_NAMES)):
+      return super().find_class(module, name)
+    type(self).referenced.append(f'{module}.{name}')
+    return ClassReference(f'{module}.{name}')
+
+
+def _load_with_class_references(torch, path: str):
+  unpickler = type('TensorUnpickler', (_TensorUnpickler,), {'referenced': []})
+  module = type(pickle)('tensor_pickle')
+  module.Unpickler, module.load = unpickler, pickle.load
+  try:
+    return torch.load(path, map_location='cpu', weights_only=False, pickle_module=module)
+  except (pickle.UnpicklingError, TypeError, AttributeError) as e:
+    named = unpickler.referenced[-1] if unpickler.referenced else type(e).__name__
+    raise CheckpointError(f'{path}: refusing to load class {named}: a checkpoint is read as '
+                          'tensors and plain containers only') from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise _corrupt(path, e) from None
 
 
 def to_numpy(tensors: dict, source: str) -> dict[str, np.ndarray]:

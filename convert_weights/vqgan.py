@@ -14,8 +14,10 @@ The name map: '.' -> '/', a VQGAN alone's names under `first_stage_model/`; conv
 OIHW -> HWIO, minGPT's Linear weights [out, in] -> [in, out]; the attention masks
 (`transformer.blocks.*.attn.mask`, a constant buffer) and `loss.*` are dropped. The
 architecture comes from the YAML (read with yaml.safe_load) and is checked against every
-shape. The checkpoint is read as data: torch.load(weights_only=True), whose unpickler
-admits tensors and plain containers and refuses any other class by name.
+shape. The checkpoint is read as data: torch.load(weights_only=True), and where that
+refuses a class (Lightning 1.0, which taming used, keys callback states by their class), a
+restricted unpickler that admits the same tensors and containers, keeps a class that is
+only named as its name, and refuses by name any class the file would construct.
 """
 
 import dataclasses
@@ -161,8 +163,8 @@ def convert_array(name: str, value: np.ndarray) -> np.ndarray:
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
   """A Lightning .ckpt ({'state_dict': ..., 'epoch': ..., ...}) or a bare state dict ->
-  {name: float32 array}, read weights-only."""
-  obj = safe_load.load_torch_object(path)
+  {name: float32 array}, read as data (`safe_load.load_torch_object`)."""
+  obj = safe_load.load_torch_object(path, class_references=True)
   if isinstance(obj, dict) and isinstance(obj.get('state_dict'), dict):
     obj = obj['state_dict']
   if not isinstance(obj, dict) or not obj:

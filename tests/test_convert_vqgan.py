@@ -13,9 +13,11 @@ import yaml
 
 import conftest
 from convert_weights import __main__ as convert_main
+from convert_weights import safe_load
 from dgan_jax import config as config_lib
 from dgan_jax import generators
 from dgan_jax.errors import InputError
+from dgan_jax.generators.checkpoint import CheckpointError
 
 torch = pytest.importorskip('torch')
 taming_model = pytest.importorskip('taming.modules.diffusionmodules.model')
@@ -47,6 +49,15 @@ def _project(kind: str) -> dict:
                                                'params': first},
                         'cond_stage_config': {'target': 'taming.modules.util.Labelator',
                                               'params': {'n_classes': NUM_CLASSES}}}}}
+
+
+class ModelCheckpoint:
+  """Stands in for Lightning's callback class, which Lightning 1.0 (taming's) used as the
+  key of its callback state: pickled by reference, never imported when read."""
+
+
+class Payload:   # pickled by reference: a checkpoint that would construct it is refused
+  pass
 
 
 def _randomise(module: torch.nn.Module, scale: float) -> None:
@@ -94,8 +105,10 @@ def taming(tmp_path_factory):
     torch.save({'epoch': 3, 'global_step': 1200, 'pytorch-lightning_version': '1.0.8',
                 'state_dict': collections.OrderedDict(state),
                 'hyper_parameters': {'learning_rate': 4.5e-6, 'ckpt_path': None},
-                'callbacks': {'ModelCheckpoint': {'best_model_score': torch.tensor(0.5),
-                                                  'best_model_path': 'last.ckpt'}},
+                # Lightning 1.0 keys a callback's state by its class; later, by its name.
+                'callbacks': {ModelCheckpoint if kind == 'cin_transformer'
+                              else 'ModelCheckpoint': {'best_model_score': torch.tensor(0.5),
+                                                       'best_model_path': 'last.ckpt'}},
                 'optimizer_states': [{'state': {}, 'param_groups': [{'lr': 1e-3,
                                                                      'params': [0, 1]}]}],
                 'lr_schedulers': []}, folder / 'checkpoints' / 'last.ckpt')
@@ -220,8 +233,6 @@ def _convert_fails(args, capsys) -> str:
   return lines[0]
 
 
-class Payload:   # pickled by reference: a checkpoint that would construct it is refused
-  pass
 
 
 def test_bad_sources_get_one_line_naming_the_file(taming, tmp_path, capsys):
@@ -238,11 +249,16 @@ def test_bad_sources_get_one_line_naming_the_file(taming, tmp_path, capsys):
   broken = tmp_path / 'broken.ckpt'
   broken.write_bytes(ckpt.read_bytes()[:5000])
   assert str(broken) in _convert_fails([broken, dst, '--config', yaml_path], capsys)
+  # The cin_transformer's Lightning-1.0 callback key defeats the weights-only unpickler;
+  # the converter read it with the restricted one (the fixture converted it).
+  with pytest.raises(CheckpointError, match='refusing to load class .*ModelCheckpoint'):
+    safe_load.load_torch_object(str(ckpt))
   # A checkpoint holding an object of another class: refused by its name, never built.
   evil = tmp_path / 'evil.ckpt'
-  torch.save({'state_dict': {}, 'callbacks': {'x': Payload()}}, evil)
-  line = _convert_fails([evil, dst, '--config', yaml_path], capsys)
-  assert str(evil) in line and 'Payload' in line
+  for payload in (Payload(), collections.Counter('ab')):
+    torch.save({'state_dict': {}, 'callbacks': {ModelCheckpoint: payload}}, evil)
+    line = _convert_fails([evil, dst, '--config', yaml_path], capsys)
+    assert str(evil) in line and type(payload).__name__ in line, line
   # YAML that is not YAML, and one whose transformer is wider than the weights.
   bad_yaml = tmp_path / 'bad.yaml'
   bad_yaml.write_text('model: [unclosed')
