@@ -217,3 +217,46 @@ def test_imagenet_config_names_taming_model_and_fits_its_maps(tmp_path):
   g = generators.from_config(too_many.generator, too_many.seed)
   with pytest.raises(InputError, match='config.vqgan.top_k'):
     g.sampling(too_many)
+
+
+_DEVICES_SCRIPT = '''
+import importlib, sys
+import jax, numpy as np
+from dgan_jax import factory as factory_lib, features, generators
+from dgan_jax.bigdatasetgan import head as head_lib, train as train_lib
+config = importlib.import_module('configs.test_vqgan').get_config()
+g = generators.from_config(config.generator, config.seed)
+layout = features.layout_for(g, config.data)
+specs = g.feature_specs
+heads = head_lib.HeadArch(tuple(s.height for s in specs), tuple(s.channels for s in specs), 0,
+                          group_sizes=(8, 16, 32), group_channels=(16, 8, 8), num_members=2)
+labeler = train_lib.Labeler(heads, variables=head_lib.init(heads, 0))
+outs = {}
+for name, devices, batch in (('four', jax.local_devices()[:4], 8),
+                             ('one', jax.local_devices()[:1], 3)):
+  factory = factory_lib.Factory(g, g.sampling(config), labeler, layout, batch_size=batch,
+                                devices=devices)
+  outs[name] = factory(np.arange(12))
+np.savez(sys.argv[1], **{f'{n}_{k}': v for n, out in outs.items() for k, v in out.items()})
+'''
+
+
+@pytest.mark.slow
+def test_sample_i_is_the_same_on_four_devices_and_one(tmp_path):
+  """The compiled generate step (sampling included) under shard_map on 4 CPU devices with
+  batches of 8, and on one device with batches of 3: the same samples."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  path = str(tmp_path / 'out.npz')
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  result = subprocess.run([sys.executable, '-c', _DEVICES_SCRIPT, path], cwd=conftest.REPO,
+                          env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = np.load(path)
+  np.testing.assert_array_equal(out['four_z'], out['one_z'])
+  np.testing.assert_array_equal(out['four_class_id'], [225] * 6 + [200] * 6)
+  assert np.abs(out['four_image'].astype(int) - out['one_image']).max() <= 1
+  assert (out['four_label'] == out['one_label']).mean() > 0.999
+  np.testing.assert_allclose(out['four_uncertainty'], out['one_uncertainty'], rtol=1e-4,
+                             atol=1e-6)
+  assert len({im.tobytes() for im in out['four_image']}) == 12
