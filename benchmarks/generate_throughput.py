@@ -37,7 +37,7 @@ NUM_MEMBERS, NUM_CLASSES = 10, 20
 FEATURE_SIZE, CROP_ROWS = (512, 512), (64, 448)
 
 
-def _car_generator(family: str = 'stylegan1'):
+def _car_generator(family: str = 'stylegan1', dtype='float32'):
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from dgan_jax.generators import style  # pylint: disable=import-outside-toplevel
@@ -49,7 +49,7 @@ def _car_generator(family: str = 'stylegan1'):
     module, arch = stylegan1, stylegan1.StyleGAN1Arch(resolution=512, fmap_base=8192,
                                                       fmap_max=512)
   g = module.Generator(arch, module.init_params(arch, jax.random.key(0)),
-                       const_noise=style.draw_const_noise(arch, 0))
+                       const_noise=style.draw_const_noise(arch, 0), dtype=dtype)
   g.avg_latent = np.zeros(512, np.float32)
   return g
 
