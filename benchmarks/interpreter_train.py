@@ -27,7 +27,13 @@ Prints, on the default JAX backend:
     draws from a float32 [pixels, D] matrix in host memory, as its prepare_data lays the
     features out (a random pool of --original-pool pixels here: the original holds all
     3.1M, 63 GB);
-  * peak resident host memory (ru_maxrss) of the whole run.
+  * peak resident host memory (ru_maxrss) of the whole run;
+  * with --ablations, where the ensemble step's time goes: the same step with Adam
+    replaced by plain SGD (one elementwise pass over the weights), and with the pixel
+    gather replaced by a broadcast, against the step itself, in alternating windows; and
+    the floor that memory bandwidth sets on Adam: the bytes it must read and write over the
+    first layer (gradient, two moments, weights) over the bandwidth of a * x + y on arrays
+    of the same size, measured here.
 Targets (issues 3 and 16): <= 4 s per image, <= 4 GB peak RSS, per-member throughput >= 2x
 the original's measured in the same run, training FLOP rate >= 0.5x the matmul rate.
 """
@@ -89,6 +95,8 @@ def main() -> None:
   parser.add_argument('--feature-dtype', default='float32', choices=('float32', 'bfloat16'))
   parser.add_argument('--original-pool', type=int, default=100_000,
                       help="pixels in the original's host feature matrix (4 bytes x D each)")
+  parser.add_argument('--ablations', action='store_true',
+                      help="also time the step without Adam and without the gather")
   args = parser.parse_args()
   print(f'backend: {jax.default_backend()} ({jax.devices()[0].device_kind}), '
         f'{jax.device_count()} device(s)')
@@ -114,7 +122,7 @@ def main() -> None:
   print(f'feature preparation: {seconds_per_image:.2f} s per image '
         f'({time.perf_counter() - start:.1f} s for {args.images} incl. compilation); '
         f'target <= 4 s')
-  del g
+  g = None   # its weights are not needed past here
   labels = jnp.asarray(synthetic.brightness_masks(images, NUM_CLASSES))
   data = interpreter.TrainData(stores, labels, layout)
   print(f'peak RSS after features: {peak_rss_gb():.2f} GB')
@@ -151,6 +159,58 @@ def main() -> None:
         f' = {alone * flops / 1e9 / matmul:.2f} x matmul; {alone / theirs:.2f} x the original')
   print(f'peak RSS: {ours_peak_rss:.2f} GB before the original\'s loop was built (target <= 4 GB;'
         f' the original holds about 95 GB here), {peak_rss_gb():.2f} GB for the whole run')
+  if args.ablations:
+    ablations(data, layout, steppers[args.members], args.members, args.steps, args.rounds)
+
+
+def triad_bytes_per_second(size: int) -> float:
+  """Bytes/s of a jitted, donated y <- a * x + y over float32 arrays of `size` values (two
+  reads, one write), the size of the arrays Adam streams through."""
+  x, y = jnp.ones((size,), jnp.float32), jnp.ones((size,), jnp.float32)
+  f = jax.jit(lambda x, y: 1.5 * x + y, donate_argnums=(1,))
+  y = f(x, y).block_until_ready()
+  best = float('inf')
+  for _ in range(20):
+    start = time.perf_counter()
+    y = f(x, y).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 3 * x.nbytes / best
+
+
+def ablations(data, layout, full: 'Stepper', members: int, steps: int, rounds: int) -> None:
+  """The step against itself without Adam (SGD) and without the gather, alternating."""
+  import optax  # pylint: disable=import-outside-toplevel
+  originals = interpreter._optimizer, features.pixel_features  # pylint: disable=protected-access
+
+  def broadcast(stores, tables, image, y, x):   # the gather's shape, one row read
+    del tables, y, x
+    return jnp.broadcast_to(stores[-1][0, 0, 0, :1], image.shape + (layout.dim,)) + 0.0
+
+  try:
+    interpreter._optimizer = optax.sgd   # pylint: disable=protected-access
+    no_adam = Stepper(data, layout, members)
+    interpreter._optimizer = originals[0]   # pylint: disable=protected-access
+    features.pixel_features = broadcast
+    no_gather = Stepper(data, layout, members)
+  finally:
+    interpreter._optimizer, features.pixel_features = originals  # pylint: disable=protected-access
+  best = {'the step': 0.0, 'Adam -> SGD': 0.0, 'gather -> broadcast': 0.0}
+  for _ in range(rounds):
+    for name, stepper in zip(best, (full, no_adam, no_gather)):
+      best[name] = max(best[name], stepper.pixels_per_second(steps))
+  milliseconds = {k: members * 64 / v * 1e3 for k, v in best.items()}
+  print('where the ensemble step goes (best of the rounds, ms per step):')
+  for name, ms in milliseconds.items():
+    saved = milliseconds['the step'] - ms
+    print(f'  {name}: {ms:.2f} ms' + (f' ({saved:.2f} ms less)' if saved else ''))
+  weights = int(np.prod(full.state['params']['linear0']['weight'].shape))
+  bandwidth = triad_bytes_per_second(weights)
+  floor = 7 * 4 * weights / bandwidth * 1e3
+  print(f"  Adam's floor: gradient, moments and weights of the first layer read and moments "
+        f'and weights written, 7 x {4 * weights / 1e6:.1f} MB = {7 * 4 * weights / 1e6:.0f} MB '
+        f'per step at {bandwidth / 1e9:.1f} GB/s (a * x + y, same size) = {floor:.2f} ms; SGD '
+        f'needs '
+        f'3 x {4 * weights / 1e6:.1f} MB = {3 * 4 * weights / bandwidth * 1e3:.2f} ms')
 
 
 class Stepper:
