@@ -13,6 +13,8 @@ What a stage gets from a generator, without knowing its family:
   variables(s)     the arrays the pure function reads (params, average W, noise, ...)
   apply(v, inputs, s)  inputs -> (image, feature maps, class conditioning): pure, for
                    jit and shard_map
+  encodes_images   whether annotated images are encoded (autoencoders: the sampling's
+                   from_images) rather than regenerated from their stored latents
 """
 
 import abc
