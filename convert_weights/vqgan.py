@@ -110,7 +110,7 @@ def arch_from_yaml(record: dict, path: str) -> tuple[str, vqgan.VQGANArch]:
     permuter = (params.get('permuter_config') or {}).get('target', IDENTITY)
     if permuter != IDENTITY:
       raise CheckpointError(f'{path}: permuter {permuter!r}; only the identity is supported')
-    first = _section(record, path, 'model.params.first_stage_config.params')
+    first_where = 'model.params.first_stage_config.params'
     gpt = _section(record, path, 'model.params.transformer_config.params')
     labels = _section(record, path, 'model.params.cond_stage_config.params')
     # minGPT's defaults where the YAML leaves a field out
@@ -119,12 +119,13 @@ def arch_from_yaml(record: dict, path: str) -> tuple[str, vqgan.VQGANArch]:
                    'n_embd': gpt.get('n_embd', 256), 'num_classes': labels.get('n_classes')}
     kind = 'cin_transformer'
   elif target == VQMODEL:
-    first = _section(record, path, 'model.params')
+    first_where = 'model.params'
     transformer, kind = {'n_layer': 0, 'num_classes': 0}, 'VQModel'
   else:
     raise CheckpointError(f'{path}: model.target {target!r} is neither {CIN_TRANSFORMER} nor '
                           f'{VQMODEL}')
-  dd = _section({'p': first}, path, 'p.ddconfig')
+  first = _section(record, path, first_where)
+  dd = _section(record, path, f'{first_where}.ddconfig')
   if dd.get('double_z', True) or not dd.get('resamp_with_conv', True):
     raise CheckpointError(f'{path}: ddconfig needs double_z: false and resampling convs, '
                           "as taming's VQGANs have")
