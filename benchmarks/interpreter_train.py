@@ -33,7 +33,9 @@ Prints, on the default JAX backend:
     gather replaced by a broadcast, against the step itself, in alternating windows; and
     the floor that memory bandwidth sets on Adam: the bytes it must read and write over the
     first layer (gradient, two moments, weights) over the bandwidth of a * x + y on arrays
-    of the same size, measured here.
+    of the same size, measured here;
+  * with --shared-pixels, the ensemble with config.interpreter.shared_pixels (one pixel
+    batch for all members, gathered once) against the default and the original.
 Targets (issues 3 and 16): <= 4 s per image, <= 4 GB peak RSS, per-member throughput >= 2x
 the original's measured in the same run, training FLOP rate >= 0.5x the matmul rate.
 """
@@ -97,6 +99,8 @@ def main() -> None:
                       help="pixels in the original's host feature matrix (4 bytes x D each)")
   parser.add_argument('--ablations', action='store_true',
                       help="also time the step without Adam and without the gather")
+  parser.add_argument('--shared-pixels', action='store_true',
+                      help='also time the ensemble with config.interpreter.shared_pixels')
   args = parser.parse_args()
   print(f'backend: {jax.default_backend()} ({jax.devices()[0].device_kind}), '
         f'{jax.device_count()} device(s)')
@@ -161,6 +165,27 @@ def main() -> None:
         f' the original holds about 95 GB here), {peak_rss_gb():.2f} GB for the whole run')
   if args.ablations:
     ablations(data, layout, steppers[args.members], args.members, args.steps, args.rounds)
+  if args.shared_pixels:
+    shared_pixels(data, layout, steppers[args.members], original, args.members, args.steps,
+                  args.rounds, flops)
+
+
+def shared_pixels(data, layout, full: 'Stepper', original: 'OriginalLoop', members: int,
+                  steps: int, rounds: int, flops: float) -> None:
+  """The ensemble with config.interpreter.shared_pixels against the default and the
+  original, in alternating windows."""
+  shared = Stepper(data, layout, members, shared_pixels=True)
+  print('config.interpreter.shared_pixels (every member on one pixel batch per step):')
+  for i in range(rounds):
+    matmul = matmul_gflops()
+    rate = {name: stepper.pixels_per_second(steps)
+            for name, stepper in (('default', full), ('shared', shared))}
+    theirs = original.pixels_per_second(steps)
+    print(f'  round {i}: matmul {matmul:.0f} GFLOP/s | shared {rate["shared"]:,.0f} member-px/s'
+          f' = {rate["shared"] * flops / 1e9 / matmul:.2f} x matmul, '
+          f'{rate["shared"] / theirs:.2f}x the original ({theirs:,.0f} px/s) | default '
+          f'{rate["default"]:,.0f} ({rate["default"] / theirs:.2f}x) | shared / default '
+          f'{rate["shared"] / rate["default"]:.2f}x')
 
 
 def triad_bytes_per_second(size: int) -> float:
@@ -216,9 +241,9 @@ def ablations(data, layout, full: 'Stepper', members: int, steps: int, rounds: i
 class Stepper:
   """interpreter.train's compiled step and state, timed over windows of steps."""
 
-  def __init__(self, data, layout, members):
+  def __init__(self, data, layout, members, shared_pixels: bool = False):
     self.arch = interpreter.InterpreterArch(layout.dim, NUM_CLASSES, members)
-    options = interpreter.TrainOptions(num_steps=1)
+    options = interpreter.TrainOptions(num_steps=1, shared_pixels=shared_pixels)
     mesh = parallel.make_mesh()
     steps_per_epoch = data.num_pixels // options.batch_size
     self.step = interpreter._make_train_step(  # pylint: disable=protected-access

@@ -2,6 +2,7 @@
 
   python benchmarks/toy_pipeline.py                 # configs/toy.py (budget: 30 min)
   python benchmarks/toy_pipeline.py --variant=quick # configs/toy.py:quick (budget: 5 min)
+  python benchmarks/toy_pipeline.py --shared-pixels # interpreter.shared_pixels=True
 
 Runs every stage in one process on a fresh temporary workdir (or --workdir, whose
 finished stages are then skipped and timed as such), then prints per-stage seconds, the
@@ -32,10 +33,13 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--variant', default='', choices=sorted(BUDGET_MINUTES))
   parser.add_argument('--workdir', default='')
+  parser.add_argument('--shared-pixels', action='store_true',
+                      help='config.interpreter.shared_pixels=True (its mIoU against the default)')
   args = parser.parse_args()
   from dgan_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   from dgan_jax import stages  # pylint: disable=import-outside-toplevel
   config = importlib.import_module('configs.toy').get_config(args.variant or None)
+  config.interpreter.shared_pixels = args.shared_pixels
   workdir = args.workdir or tempfile.mkdtemp(prefix='toy_pipeline_')
   rows = []
   total_start = time.perf_counter()

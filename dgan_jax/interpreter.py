@@ -327,6 +327,7 @@ class TrainOptions:
   checkpoint_every: int = 5000
   parallel: str = 'auto'       # 'auto', 'batch' or 'members'
   log_every: int = 100
+  shared_pixels: bool = False  # every member on member 0's pixel batch (gathered once)
 
   @classmethod
   def from_config(cls, interpreter_config) -> 'TrainOptions':
@@ -445,12 +446,18 @@ def _make_train_step(arch: InterpreterArch, options: TrainOptions,
     step = state['step']
     pixels = jax.lax.dynamic_index_in_dim(permutation, step % steps_per_epoch, 0,
                                           keepdims=False)               # [M, B]
-    pixels = jax.lax.with_sharding_constraint(pixels, batch_sharding)
+    if options.shared_pixels:
+      pixels = pixels[:1]                                                # [1, B]
+    else:
+      pixels = jax.lax.with_sharding_constraint(pixels, batch_sharding)
     image, rest = pixels // (out_h * out_w), pixels % (out_h * out_w)
     y, x = rest // out_w, rest % out_w
-    x_batch = features_lib.pixel_features(stores, tables, image, y, x)  # [M, B, D]
-    x_batch = jax.lax.with_sharding_constraint(x_batch, batch_sharding)
+    x_batch = features_lib.pixel_features(stores, tables, image, y, x)  # [M or 1, B, D]
     y_batch = labels[image, y, x].astype(jnp.int32)
+    if options.shared_pixels:
+      x_batch = jnp.broadcast_to(x_batch, (arch.num_members,) + x_batch.shape[1:])
+      y_batch = jnp.broadcast_to(y_batch, (arch.num_members,) + y_batch.shape[1:])
+    x_batch = jax.lax.with_sharding_constraint(x_batch, batch_sharding)
     grads, (losses, new_stats, accuracy) = jax.grad(ensemble_loss, has_aux=True)(
         state['params'], state['batch_stats'], x_batch, y_batch)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])

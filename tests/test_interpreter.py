@@ -98,12 +98,14 @@ def test_majority_vote_breaks_ties_to_the_smallest_class():
   assert interpreter.majority_vote(logits).tolist() == [1, 2, 0, 0]
 
 
-def test_training_steps_match_the_original_loop():
+@pytest.mark.parametrize('shared_pixels', [False, True])
+def test_training_steps_match_the_original_loop(shared_pixels):
   """Three steps of the vmapped ensemble = three steps of each member's PyTorch loop
-  (train-mode BatchNorm, cross-entropy, Adam 1e-3) on the same pixels."""
+  (train-mode BatchNorm, cross-entropy, Adam 1e-3) on the same pixels: each member's own
+  shuffle, or with shared_pixels member 0's for every member."""
   data, full = small_problem()
   arch = interpreter.InterpreterArch(data.layout.dim, 3, num_members=2)
-  options = interpreter.TrainOptions(batch_size=16, num_steps=3)
+  options = interpreter.TrainOptions(batch_size=16, num_steps=3, shared_pixels=shared_pixels)
   mesh = parallel_lib.make_mesh(jax.devices()[:1])
   steps_per_epoch = data.num_pixels // 16
   step = interpreter._make_train_step(arch, options, data.layout, mesh, 'members',
@@ -122,7 +124,7 @@ def test_training_steps_match_the_original_loop():
     net = torch_member(arch, init_params, init_stats, m).train()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     for t in range(3):
-      pixels = torch.from_numpy(permutation[t, m].astype(np.int64))
+      pixels = torch.from_numpy(permutation[t, 0 if shared_pixels else m].astype(np.int64))
       optimizer.zero_grad()
       loss = torch.nn.functional.cross_entropy(net(full[pixels]), labels[pixels])
       loss.backward()
