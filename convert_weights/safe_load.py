@@ -133,12 +133,14 @@ def to_numpy(tensors: dict, source: str) -> dict[str, np.ndarray]:
   return out
 
 
-def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
-  """A PyTorch `.pt`/`.pth` state dict -> {name: float32 array} via weights_only loading.
+def load_torch_state_dict(path: str, class_references: bool = False) -> dict[str, np.ndarray]:
+  """A PyTorch `.pt`/`.pth` state dict -> {name: float32 array} via weights_only loading
+  (with `class_references`, see `load_torch_object`).
 
-  A dict wrapping the state dict under 'state_dict' or 'model_state_dict' is unwrapped.
+  A dict wrapping the state dict under 'state_dict' (a Lightning checkpoint) or
+  'model_state_dict' is unwrapped.
   """
-  obj = load_torch_object(path)
+  obj = load_torch_object(path, class_references=class_references)
   for wrapper in ('state_dict', 'model_state_dict'):
     if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
       obj = obj[wrapper]

@@ -162,21 +162,10 @@ def convert_array(name: str, value: np.ndarray) -> np.ndarray:
   return value
 
 
-def read_state_dict(path: str) -> dict[str, np.ndarray]:
-  """A Lightning .ckpt ({'state_dict': ..., 'epoch': ..., ...}) or a bare state dict ->
-  {name: float32 array}, read as data (`safe_load.load_torch_object`)."""
-  obj = safe_load.load_torch_object(path, class_references=True)
-  if isinstance(obj, dict) and isinstance(obj.get('state_dict'), dict):
-    obj = obj['state_dict']
-  if not isinstance(obj, dict) or not obj:
-    raise CheckpointError(f'{path}: no state_dict (a Lightning checkpoint holds one)')
-  return safe_load.to_numpy(obj, path)
-
-
 def convert(src: str, dst: str, config: str | None = None) -> dict:
   ckpt, yaml_path = find_files(src, config)
   kind, arch = arch_from_yaml(read_yaml(yaml_path), yaml_path)
-  state = read_state_dict(ckpt)
+  state = safe_load.load_torch_state_dict(ckpt, class_references=True)
   flat = {}
   for name, value in state.items():
     new = converted_name(name, kind)

@@ -59,7 +59,7 @@ class VQGANArch:
     if self.resolution % 2 ** (self.num_levels - 1):
       raise ValueError(f'resolution {self.resolution} does not halve {self.num_levels - 1} '
                        'times')
-    if self.ch * min(self.ch_mult) % 32:
+    if any(self.ch * m % 32 for m in self.ch_mult):
       raise ValueError(f'channels ch * ch_mult must be multiples of 32 (GroupNorm), got '
                        f'ch={self.ch}, ch_mult={self.ch_mult}')
     if self.n_layer:
