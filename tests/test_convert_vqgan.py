@@ -276,16 +276,15 @@ def test_bad_sources_get_one_line_naming_the_file(taming, tmp_path, capsys):
   assert not os.path.exists(dst)
 
 
-def test_bfloat16_generator_samples_and_encodes(taming):
+def test_bfloat16_generator_samples_and_decodes(taming, converted):
   """In bfloat16 (accelerators) the KV cache and codes follow the compute dtype: sampling
-  and reconstruction run and stay close to float32's (tokens may differ: rounding)."""
-  _, _, folders, root = taming
+  and decoding run and stay close to float32's (tokens may differ: rounding)."""
+  _, _, _, root = taming
   g = generators.load(str(root / 'converted_cin_transformer'), jnp.bfloat16)
   tokens = np.asarray(g.sample_tokens([3, 7], np.random.randn(2, CODES), top_k=8))
   assert tokens.shape == (2, CODES) and 0 <= tokens.min() and tokens.max() < N_EMBED
   image, maps = g.decode_tokens(tokens)
   assert image.dtype == jnp.float32 and np.isfinite(np.asarray(image)).all()
   assert all(m.dtype == jnp.bfloat16 for m in maps)
-  full = generators.load(str(root / 'converted_cin_transformer'))
-  np.testing.assert_allclose(image, full.decode_tokens(tokens)[0], atol=0.1)
-  del folders
+  np.testing.assert_allclose(image, converted['cin_transformer'].decode_tokens(tokens)[0],
+                             atol=0.1)
