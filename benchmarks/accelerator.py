@@ -15,7 +15,7 @@ offers (GPU, TPU or CPU), each with its share of the chip's peak:
 Per step it prints seconds, throughput, XLA's FLOP and byte counts, the model FLOP
 utilisation (FLOP/s over the chip's bfloat16 peak: its data sheet's dense figure for known
 chips, else the matmul rate measured here) and the share of the memory bandwidth (bytes/s
-over the data sheet's, else a copy measured here). The interpreter's first layer is
+over the data sheet's, else a donated a * x + y measured here). The interpreter's first layer is
 gather-bound, so its bandwidth share is the figure to read; the others are matmul-bound.
 XLA's "bytes accessed" counts every operand read and written, including what caches
 serve, so a share above 1 means reuse from cache (common on CPUs), not a wrong clock.
@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import generate_throughput  # pylint: disable=wrong-import-position
 import interpreter_train  # pylint: disable=wrong-import-position
+import machine  # pylint: disable=wrong-import-position
 from dgan_jax import config as config_lib  # pylint: disable=wrong-import-position
 from dgan_jax import factory as factory_lib  # pylint: disable=wrong-import-position
 from dgan_jax import features  # pylint: disable=wrong-import-position
@@ -55,48 +56,13 @@ PEAKS = {'H200': (989e12, 4.8e12), 'H100': (989e12, 3.35e12), 'A100': (312e12, 2
 NUM_CLASSES, NUM_MEMBERS = 20, 10
 
 
-def measured_peaks(dtype) -> tuple[float, float]:
-  """(matmul FLOP/s in `dtype` (float32 on a CPU, where bfloat16 is emulated), copy
-  bytes/s) measured on the default device."""
+def matmul_flops(dtype) -> float:
+  """Matmul FLOP/s in `dtype` (float32 on a CPU, where bfloat16 is emulated) measured on
+  the default device."""
   on_cpu = jax.default_backend() == 'cpu'
   n = 2048 if on_cpu else 4096
-  dtype = jnp.float32 if on_cpu else dtype
-  a = jnp.ones((n, n), dtype)
-  matmul = jax.jit(lambda x: x @ x)
-  copy = jax.jit(lambda x: x * 2)
-  big = jnp.ones((2 ** 26,), jnp.float32)   # 256 MiB read + 256 MiB written
-  rates = []
-  for fn, arg, work in ((matmul, a, 2 * n ** 3), (copy, big, 2 * big.nbytes)):
-    jax.block_until_ready(fn(arg))
-    start = time.perf_counter()
-    for _ in range(5):
-      out = fn(arg)
-    jax.block_until_ready(out)
-    rates.append(5 * work / (time.perf_counter() - start))
-  return rates[0], rates[1]
-
-
-def cost(compiled) -> tuple[float, float]:
-  """XLA's (FLOPs, bytes accessed) of a compiled function."""
-  analysis = compiled.cost_analysis()
-  analysis = analysis[0] if isinstance(analysis, list) else analysis
-  return float(analysis.get('flops', 0)), float(analysis.get('bytes accessed', 0))
-
-
-def timed(fn, args, repeats: int, carry: bool = False) -> tuple[float, float, float]:
-  """-> (seconds per call of jitted fn, its FLOPs, its bytes); the first call excluded.
-  carry: fn returns (new first argument, ...) and donates the old one (a train step)."""
-  compiled = fn.lower(*args).compile()
-  flops, moved = cost(compiled)
-  args = list(args)
-  for i in range(repeats + 1):
-    if i == 1:
-      start = time.perf_counter()
-    out = compiled(*args)
-    if carry:
-      args[0] = out[0]
-  jax.block_until_ready(out)
-  return (time.perf_counter() - start) / repeats, flops, moved
+  a = jnp.ones((n, n), jnp.float32 if on_cpu else dtype)
+  return 2 * n ** 3 / machine.timed(jax.jit(lambda x: x @ x), (a,), 5).seconds
 
 
 class Report:
@@ -127,14 +93,13 @@ def run_interpreter(report: Report, small: bool, dtype, repeats: int):
                               NUM_CLASSES).astype(jnp.uint8)
   stepper = interpreter_train.Stepper(interpreter.TrainData(stores, labels, layout), layout,
                                       NUM_MEMBERS)
-  flops, moved = cost(stepper.step.lower(stepper.state, stores, labels,
-                                      stepper.permutation).compile())
-  rate = stepper.pixels_per_second(repeats * 20)
-  seconds = NUM_MEMBERS * 64 / rate
+  timing = machine.timed(stepper.step, (stepper.state, stores, labels, stepper.permutation),
+                         repeats * 20, carry=True)
   analytic = interpreter_train.flops_per_member_pixel(stepper.arch) * NUM_MEMBERS * 64
   report.line(f'interpreter step (D={layout.dim}, {NUM_MEMBERS} members x 64 px, maps '
-              f'{jnp.dtype(dtype).name})', seconds, f'{rate:,.0f} member-px/s', analytic,
-              moved, f' (XLA counts {flops / 1e9:.1f} GFLOP)')
+              f'{jnp.dtype(dtype).name})', timing.seconds,
+              f'{NUM_MEMBERS * 64 / timing.seconds:,.0f} member-px/s', analytic,
+              timing.bytes_accessed, f' (XLA counts {timing.flops / 1e9:.1f} GFLOP)')
 
 
 def run_generate(report: Report, small: bool, dtype, repeats: int):
@@ -158,8 +123,9 @@ def run_generate(report: Report, small: bool, dtype, repeats: int):
                                 chunk_rows=32)
   step = factory._step(True, 'labels')   # pylint: disable=protected-access
   batch = np.arange(factory.num_devices, dtype=np.uint32)
-  seconds, flops, moved = timed(step, (factory._generator_variables,   # pylint: disable=protected-access
-                                       labeler.variables, batch), repeats)
+  timing = machine.timed(step, (factory._generator_variables,   # pylint: disable=protected-access
+                                labeler.variables, batch), repeats)
+  seconds, flops, moved = timing.seconds, timing.flops, timing.bytes_accessed
   report.line(f'generate step ({layout.output_shape[0]}x{layout.output_shape[1]} px, '
               f'D={layout.dim}, {NUM_MEMBERS} members, generator {jnp.dtype(dtype).name}, '
               f'{len(batch)} image(s) per call)', seconds,
@@ -184,15 +150,16 @@ def run_deeplab(report: Report, small: bool, dtype, repeats: int):
        rng.integers(0, NUM_CLASSES, (batch, resolution, resolution)).astype(np.uint8)), split)
   model = deeplab.DeepLabV3(arch, train.DTYPES[options.dtype])
   step = train.make_train_step(model, options, 0)
-  seconds, flops, moved = timed(step, (state, images, labels), repeats, carry=True)
+  t = machine.timed(step, (state, images, labels), repeats, carry=True)
   report.line(f'DeepLabV3-ResNet-{depth} train step ({resolution} px, batch {batch}, '
-              f'{options.dtype})', seconds, f'{batch / seconds:.2f} images/s', flops, moved)
+              f'{options.dtype})', t.seconds, f'{batch / t.seconds:.2f} images/s', t.flops,
+              t.bytes_accessed)
   state = jax.device_put(train.init_state(arch, options, 0), replicated)
   predict = evaluate.make_predict(model)
   variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
-  seconds, flops, moved = timed(predict, (variables, images, labels), repeats)
-  report.line(f'DeepLabV3-ResNet-{depth} evaluation ({resolution} px, batch {batch})', seconds,
-              f'{batch / seconds:.2f} images/s', flops, moved)
+  t = machine.timed(predict, (variables, images, labels), repeats)
+  report.line(f'DeepLabV3-ResNet-{depth} evaluation ({resolution} px, batch {batch})',
+              t.seconds, f'{batch / t.seconds:.2f} images/s', t.flops, t.bytes_accessed)
 
 
 PARTS = {'interpreter': run_interpreter, 'generate': run_generate, 'deeplab': run_deeplab}
@@ -211,11 +178,12 @@ def main():
   start = time.perf_counter()
   dtype = jnp.dtype(args.dtype)
   device = jax.devices()[0]
-  matmul, copy = measured_peaks(dtype)
+  matmul, bandwidth = matmul_flops(dtype), machine.bandwidth_bytes_per_second()
   sheet = next((v for k, v in PEAKS.items() if k in device.device_kind), None)
-  peak_flops, peak_bytes = sheet or (matmul, copy)
+  peak_flops, peak_bytes = sheet or (matmul, bandwidth)
   print(f'{jax.device_count()} x {device.device_kind} ({jax.default_backend()}); measured '
-        f'{"float32" if jax.default_backend() == "cpu" else args.dtype} matmul {matmul / 1e12:.2f} TFLOP/s, copy {copy / 1e9:.0f} GB/s; peaks '
+        f'{"float32" if jax.default_backend() == "cpu" else args.dtype} matmul '
+        f'{matmul / 1e12:.2f} TFLOP/s, a * x + y {bandwidth / 1e9:.0f} GB/s; peaks '
         f'used: {peak_flops / 1e12:.1f} TFLOP/s, {peak_bytes / 1e9:.0f} GB/s '
         f'({"data sheet" if sheet else "measured here"})', flush=True)
   report = Report(peak_flops, peak_bytes)

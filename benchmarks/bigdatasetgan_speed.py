@@ -22,6 +22,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import machine  # pylint: disable=wrong-import-position
+
 from dgan_jax import factory as factory_lib  # pylint: disable=wrong-import-position
 from dgan_jax import features  # pylint: disable=wrong-import-position
 from dgan_jax.bigdatasetgan import head as head_lib  # pylint: disable=wrong-import-position
@@ -41,20 +43,6 @@ def resize_then_project(arch, params, feature_maps):
     out.append(jnp.einsum('bhwc,ck->bhwk', jnp.concatenate(maps, -1),
                           params[f'proj{g}']['weight'][0, 0]))
   return out
-
-
-def timed(fn, args, repeats):
-  start = time.perf_counter()
-  compiled = fn.lower(*args).compile()
-  compile_seconds = time.perf_counter() - start
-  memory = compiled.memory_analysis()
-  out = compiled(*args)
-  jax.block_until_ready(out)
-  start = time.perf_counter()
-  for _ in range(repeats):
-    out = compiled(*args)
-  jax.block_until_ready(out)
-  return compile_seconds, (time.perf_counter() - start) / repeats, memory
 
 
 def gigabytes(memory) -> float:
@@ -94,15 +82,7 @@ def main():
                                          [s.channels for s in g.feature_specs])
   step = factory_lib.Factory(g, sampling, train_lib.Labeler(arch, variables=variables), layout,
                              batch_size=b)
-  start = time.perf_counter()
-  memory = step.memory_analysis(b)
-  compile_s = time.perf_counter() - start
-  indices = np.arange(b)
-  step(indices)
-  start = time.perf_counter()
-  for _ in range(args.repeats):
-    step(indices)
-  seconds = (time.perf_counter() - start) / args.repeats
+  compile_s, seconds, memory = machine.timed_factory(step, b, args.repeats)
   print(f'generate step, batch {b}, {args.members} head(s): compile {compile_s:.1f} s, '
         f'{seconds:.2f} s per call, {b / seconds:.3f} samples/s, '
         f'{memory["total_bytes"] / 2**30:.2f} GB')
@@ -112,8 +92,8 @@ def main():
   params = jax.tree.map(lambda a: a[0], variables['params'])
   ours = jax.jit(lambda p, m: head_lib.project_groups(arch, p, m))
   baseline = jax.jit(lambda p, m: resize_then_project(arch, p, m))
-  _, ours_s, _ = timed(ours, (params, maps), args.repeats + 3)
-  _, base_s, _ = timed(baseline, (params, maps), args.repeats + 3)
+  ours_s = machine.timed(ours, (params, maps), args.repeats + 3).seconds
+  base_s = machine.timed(baseline, (params, maps), args.repeats + 3).seconds
   difference = max(float(jnp.abs(a - b_).max() / (jnp.abs(b_).max() + 1e-12))
                    for a, b_ in zip(ours(params, maps), baseline(params, maps)))
   print(f'group projections: project then resize {1000 * ours_s:.1f} ms, resize then '

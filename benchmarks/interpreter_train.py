@@ -52,6 +52,8 @@ import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
+import machine  # pylint: disable=wrong-import-position
+
 from dgan_jax import features  # pylint: disable=wrong-import-position
 from dgan_jax import interpreter  # pylint: disable=wrong-import-position
 from dgan_jax import latents  # pylint: disable=wrong-import-position
@@ -188,20 +190,6 @@ def shared_pixels(data, layout, full: 'Stepper', original: 'OriginalLoop', membe
           f'{rate["shared"] / rate["default"]:.2f}x')
 
 
-def triad_bytes_per_second(size: int) -> float:
-  """Bytes/s of a jitted, donated y <- a * x + y over float32 arrays of `size` values (two
-  reads, one write), the size of the arrays Adam streams through."""
-  x, y = jnp.ones((size,), jnp.float32), jnp.ones((size,), jnp.float32)
-  f = jax.jit(lambda x, y: 1.5 * x + y, donate_argnums=(1,))
-  y = f(x, y).block_until_ready()
-  best = float('inf')
-  for _ in range(20):
-    start = time.perf_counter()
-    y = f(x, y).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return 3 * x.nbytes / best
-
-
 def ablations(data, layout, full: 'Stepper', members: int, steps: int, rounds: int) -> None:
   """The step against itself without Adam (SGD) and without the gather, alternating."""
   import optax  # pylint: disable=import-outside-toplevel
@@ -229,7 +217,7 @@ def ablations(data, layout, full: 'Stepper', members: int, steps: int, rounds: i
     saved = milliseconds['the step'] - ms
     print(f'  {name}: {ms:.2f} ms' + (f' ({saved:.2f} ms less)' if saved else ''))
   weights = int(np.prod(full.state['params']['linear0']['weight'].shape))
-  bandwidth = triad_bytes_per_second(weights)
+  bandwidth = machine.bandwidth_bytes_per_second(weights)
   floor = 7 * 4 * weights / bandwidth * 1e3
   print(f"  Adam's floor: gradient, moments and weights of the first layer read and moments "
         f'and weights written, 7 x {4 * weights / 1e6:.1f} MB = {7 * 4 * weights / 1e6:.0f} MB '

@@ -60,20 +60,6 @@ def cache_free_sample(params, arch: mingpt.GPTArch, prefix, steps: int):
   return jax.lax.scan(one_position, buffer, jnp.arange(steps))[0]
 
 
-def timed(fn, args, repeats: int):
-  """-> (compile seconds, seconds per call, XLA's bytes, the output)."""
-  start = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
-  compile_seconds = time.perf_counter() - start
-  stats = compiled.memory_analysis()
-  out = jax.block_until_ready(compiled(*args))
-  start = time.perf_counter()
-  for _ in range(repeats):
-    out = jax.block_until_ready(compiled(*args))
-  total = stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes
-  return compile_seconds, (time.perf_counter() - start) / repeats, total, out
-
-
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--size', choices=sorted(SIZES), default='tiny')
@@ -95,16 +81,17 @@ def main():
   b, steps = args.batch, g.latent_size
   transformer = g.params['transformer']
   prefix = jnp.arange(b, dtype=jnp.int32)[:, None] * 7 % arch.num_classes
-  cached = timed(lambda p, c: mingpt.sample(p, arch.gpt, c, steps, None), (transformer, prefix),
-                 args.repeats)
-  free = timed(lambda p, c: cache_free_sample(p, arch.gpt, c, steps), (transformer, prefix),
-               args.repeats)
-  same = bool(np.array_equal(np.asarray(cached[3]), np.asarray(free[3])))
-  for name, (compile_s, seconds, total, _) in (('KV cache', cached), ('no cache', free)):
-    print(f'sampler, {name}: compile {compile_s:.1f} s, {seconds:.3f} s per batch of {b}, '
-          f'{b * steps / seconds:,.0f} tokens/s, {total / 2**30:.2f} GB')
-  print(f'sampler: the KV cache is {free[1] / cached[1]:.1f}x the cache-free loop; greedy '
-        f'tokens equal: {same}')
+  cached = machine.timed(jax.jit(lambda p, c: mingpt.sample(p, arch.gpt, c, steps, None)),
+                         (transformer, prefix), args.repeats)
+  free = machine.timed(jax.jit(lambda p, c: cache_free_sample(p, arch.gpt, c, steps)),
+                       (transformer, prefix), args.repeats)
+  same = bool(np.array_equal(np.asarray(cached.out), np.asarray(free.out)))
+  for name, timing in (('KV cache', cached), ('no cache', free)):
+    print(f'sampler, {name}: compile {timing.compile_seconds:.1f} s, {timing.seconds:.3f} s '
+          f'per batch of {b}, {b * steps / timing.seconds:,.0f} tokens/s, '
+          f'{timing.memory_bytes / 2**30:.2f} GB')
+  print(f'sampler: the KV cache is {free.seconds / cached.seconds:.1f}x the cache-free loop; '
+        f'greedy tokens equal: {same}')
 
   heads = head_lib.HeadArch(tuple(s.height for s in g.feature_specs),
                             tuple(s.channels for s in g.feature_specs), 0,
@@ -117,15 +104,7 @@ def main():
   step = factory_lib.Factory(g, sampling, train_lib.Labeler(heads,
                                                             variables=head_lib.init(heads, 0)),
                              layout, batch_size=b)
-  start = time.perf_counter()
-  memory = step.memory_analysis(b)
-  compile_s = time.perf_counter() - start
-  indices = np.arange(b)
-  step(indices)
-  start = time.perf_counter()
-  for _ in range(args.repeats):
-    step(indices)
-  seconds = (time.perf_counter() - start) / args.repeats
+  compile_s, seconds, memory = machine.timed_factory(step, b, args.repeats)
   print(f'generate step (sampling top-k {sampling.top_k}, decoder, 2 heads, vote, JS), batch '
         f'{b}: compile {compile_s:.1f} s, {seconds:.3f} s per batch, {b / seconds:.2f} '
         f'images/s, {memory["total_bytes"] / 2**30:.2f} GB')
