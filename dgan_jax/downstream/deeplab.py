@@ -34,7 +34,6 @@ initializers. Parameter names follow torchvision's with `.` -> `/` and `layer{i}
 """
 
 import dataclasses
-import functools
 import os
 from typing import Any
 
@@ -105,20 +104,18 @@ def _batch_norm(train: bool, name: str, dtype) -> nn.BatchNorm:
                       epsilon=BATCHNORM_EPS, dtype=dtype, name=name)
 
 
-# XLA's CPU backend computes the kernel gradient of a convolution as another
-# convolution at 5-20 GFLOP/s on this machine's 2 cores, 3-12x slower than the same sums
-# as matrix products, and spends most of a heavily dilated convolution (the ASPP's rates
-# 24 and 36 on a 64x64 map) multiplying padding. So: 1x1 convolutions are matrix
-# products (their gradients follow), and on CPU
-#   * a stride-1 convolution whose taps would read padding for more than a tenth of
-#     their products is a sum of one matrix product per tap over the output window the
-#     tap reads inside the image (`_conv_valid_taps`; gradients by autodiff);
-#   * otherwise the kernel gradient of a k x k convolution is one matrix product per tap,
-#       dW[i, j] = sum over (b, y, x) of x_pad[b, y*s + i*d, x*s + j*d, :]^T g[b, y, x, :],
-#     except when the input has few channels (the stem), where XLA's own is faster.
-# Maps smaller than MIN_TAP_PIXELS (test networks) keep XLA's convolution: more ops
-# compile slower and there is no time to win.
-TAP_GRADIENT_MIN_CHANNELS = 16
+# On CPU (2-core Xeon, jax 0.10, 2026-12-07), with the steps compiled by
+# `parallel.compiler_options()` (XLA's Eigen dots and convolutions, YNNPACK reductions):
+#   * a 1x1 convolution is a matrix product over the flattened pixels; written as an
+#     einsum over [B, H, W, C] instead, the kernel gradient of 256 -> 1024 channels on a
+#     2x64x64 map took 43 ms against 15 ms, because XLA transposed the operands first;
+#   * a 3x3 convolution's gradients are XLA's own (kernel gradient 3x3, 256 channels,
+#     64x64: 39 ms, 250 GFLOP/s);
+#   * a stride-1 convolution whose taps would read padding for more than a tenth of their
+#     products (the ASPP's rates 12-36 on a 64x64 map) is a sum of one matrix product per
+#     tap over the output window the tap reads inside the image (`_conv_valid_taps`;
+#     gradients by autodiff). Maps smaller than MIN_TAP_PIXELS (test networks) keep XLA's
+#     convolution: more ops compile slower and there is no time to win.
 MAX_PADDING_SHARE = 0.1
 MIN_TAP_PIXELS = 1024
 
@@ -128,33 +125,6 @@ def _lax_conv(x, kernel, stride: int, dilation: int):
   return jax.lax.conv_general_dilated(
       x, kernel, (stride, stride), ((pad, pad), (pad, pad)), rhs_dilation=(dilation, dilation),
       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_tap_gradient(x, kernel, stride: int, dilation: int):
-  return _lax_conv(x, kernel, stride, dilation)
-
-
-def _conv_tap_gradient_fwd(x, kernel, stride, dilation):
-  return _lax_conv(x, kernel, stride, dilation), (x, kernel)
-
-
-def _conv_tap_gradient_bwd(stride, dilation, residuals, g):
-  x, kernel = residuals
-  _, input_vjp = jax.vjp(lambda x_: _lax_conv(x_, kernel, stride, dilation), x)
-  k = kernel.shape[0]
-  pad = dilation * (k - 1) // 2
-  padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  out_h, out_w = g.shape[1:3]
-  taps = [[jnp.einsum('bhwc,bhwd->cd',
-                      padded[:, i * dilation:i * dilation + (out_h - 1) * stride + 1:stride,
-                             j * dilation:j * dilation + (out_w - 1) * stride + 1:stride],
-                      g, preferred_element_type=jnp.float32)
-           for j in range(k)] for i in range(k)]
-  return input_vjp(g)[0], jnp.asarray(taps).astype(kernel.dtype)
-
-
-_conv_tap_gradient.defvjp(_conv_tap_gradient_fwd, _conv_tap_gradient_bwd)
 
 
 def _tap_windows(size: int, kernel: int, dilation: int) -> list[tuple[int, int, int]]:
@@ -194,15 +164,14 @@ def _conv_valid_taps(x, kernel, dilation: int):
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, dilation: int = 1) -> jax.Array:
   """PyTorch-style convolution (symmetric zero padding dilation * (k - 1) // 2):
   x [B, H, W, C_in], kernel [k, k, C_in, C_out] -> [B, H', W', C_out]. The same function
-  as lax.conv_general_dilated; only how its gradients are computed differs (above)."""
+  as lax.conv_general_dilated, computed as above."""
   k = kernel.shape[0]
   if k == 1:
-    return jnp.einsum('bhwc,cd->bhwd', x[:, ::stride, ::stride], kernel[0, 0])
-  if jax.default_backend() == 'cpu' and x.shape[1] * x.shape[2] >= MIN_TAP_PIXELS:
-    if stride == 1 and _inside_share(x.shape[1], x.shape[2], k, dilation) < 1 - MAX_PADDING_SHARE:
-      return _conv_valid_taps(x, kernel, dilation)
-    if x.shape[-1] >= TAP_GRADIENT_MIN_CHANNELS:
-      return _conv_tap_gradient(x, kernel, stride, dilation)
+    x = x[:, ::stride, ::stride]
+    return (x.reshape(-1, x.shape[-1]) @ kernel[0, 0]).reshape(x.shape[:-1] + kernel.shape[-1:])
+  if (jax.default_backend() == 'cpu' and stride == 1 and x.shape[1] * x.shape[2] >= MIN_TAP_PIXELS
+      and _inside_share(x.shape[1], x.shape[2], k, dilation) < 1 - MAX_PADDING_SHARE):
+    return _conv_valid_taps(x, kernel, dilation)
   return _lax_conv(x, kernel, stride, dilation)
 
 

@@ -33,7 +33,7 @@ def make_predict(model: deeplab.DeepLabV3):
 
   # Shardings come from the arguments (see train.make_train_step): variables
   # replicated, batches placed by predict_all.
-  return jax.jit(predict)
+  return jax.jit(predict, compiler_options=parallel.compiler_options())
 
 
 def predict_all(predict, variables, images: np.ndarray, labels: np.ndarray, batch_size: int,

@@ -123,7 +123,7 @@ def make_train_step(model: deeplab.DeepLabV3, options: TrainOptions, seed: int):
   # The shardings come from the arguments (the state replicated, batches split over
   # 'data'). Stating them as in/out_shardings made the step several times slower on CPU
   # (jax 0.10).
-  return jax.jit(step, donate_argnums=(0,))
+  return jax.jit(step, donate_argnums=(0,), compiler_options=parallel.compiler_options())
 
 
 def _managers(run_dir: str):
