@@ -485,15 +485,7 @@ def _make_train_step(arch: InterpreterArch, options: TrainOptions,
     return new, {'loss': losses, 'accuracy': accuracy, 'active': active}
 
   return jax.jit(step_fn, donate_argnums=(0,),
-                 compiler_options=_compiler_options(mesh.devices.flat[0].platform))
-
-
-def _compiler_options(platform: str) -> dict | None:
-  """On CPU, XLA's YNNPACK fusions run the batched [M, B, D] x [M, D, H] first-layer
-  product 2-3x slower than its own dot emitter (measured on a 2-core Xeon); off."""
-  if platform == 'cpu':
-    return {'xla_cpu_experimental_ynn_fusion_type': ''}
-  return None
+                 compiler_options=parallel_lib.compiler_options(mesh.devices.flat[0].platform))
 
 
 def _keep_freed_memory() -> None:
