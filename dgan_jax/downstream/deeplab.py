@@ -200,6 +200,30 @@ def _conv(features: int, kernel: int, stride: int = 1, dilation: int = 1, *, nam
   return Conv(features, kernel, stride, dilation, dtype=dtype, name=name)
 
 
+@jax.custom_vjp
+def residual_relu(x: jax.Array) -> jax.Array:
+  """max(x, 0) for a block's output, computed as a reduction over [x, 0] stacked on a
+  new last axis. A residual network's block output is an elementwise function of the
+  previous block's output, and XLA's CPU fusion recomputes elementwise producers inside
+  their consumers: with `jnp.maximum` it recomputed every block output from the stage's
+  first one (fusions of up to 120 operands). A reduction ends a fusion, so each block
+  output is computed once. The gradient is the ReLU's, from the output (0 where it is 0).
+  """
+  return jnp.max(jnp.stack([x, jnp.zeros_like(x)], axis=-1), axis=-1)
+
+
+def _residual_relu_fwd(x):
+  y = residual_relu(x)
+  return y, y
+
+
+def _residual_relu_bwd(y, g):
+  return (jnp.where(y > 0, g, jnp.zeros_like(g)),)
+
+
+residual_relu.defvjp(_residual_relu_fwd, _residual_relu_bwd)
+
+
 class Bottleneck(nn.Module):
   """1x1 -> 3x3 (stride, dilation) -> 1x1 (4x planes), plus the shortcut."""
   planes: int
@@ -219,7 +243,7 @@ class Bottleneck(nn.Module):
     if self.stride != 1 or x.shape[-1] != out_channels:
       x = _conv(out_channels, 1, self.stride, name='downsample_conv', dtype=self.dtype)(x)
       x = _batch_norm(train, 'downsample_bn', self.dtype)(x)
-    return nn.relu(x + y)
+    return residual_relu(x + y)
 
 
 class ResNet(nn.Module):
