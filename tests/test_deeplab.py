@@ -324,7 +324,8 @@ def test_conv_gradients_equal_xla_convolution(kernel, stride, dilation, channels
 def test_residual_relu_is_relu_with_relus_gradient():
   x = jnp.array([[-1.5, 0.0, 2.0], [-0.0, 1e-30, -3.0]])
   weights = jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
-  np.testing.assert_array_equal(deeplab.residual_relu(x), [[0, 0, 2], [0, 1e-30, 0]])
+  np.testing.assert_array_equal(deeplab.residual_relu(x),
+                                np.array([[0, 0, 2], [0, 1e-30, 0]], np.float32))
   # d/dx sum(w * relu(x)): w where x > 0, 0 elsewhere (0 at x == 0, as torch and nn.relu)
   np.testing.assert_array_equal(jax.grad(lambda v: jnp.sum(weights * deeplab.residual_relu(v)))(x),
                                 [[0, 0, 3], [0, 5, 0]])
