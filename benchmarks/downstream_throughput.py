@@ -161,10 +161,15 @@ def main():
     print(worker, json.dumps(results[worker]), flush=True)
   if 'torch' in results:
     ours, torch_ = results['ours'], results['torch']
+    speed = lambda key: torch_[key] / ours[key]
     print(f'train step: ours {ours["train_seconds_per_step"]} s, PyTorch '
-          f'{torch_["train_seconds_per_step"]} s (x{torch_["train_seconds_per_step"] / ours["train_seconds_per_step"]:.2f}); '
+          f'{torch_["train_seconds_per_step"]} s (x{speed("train_seconds_per_step"):.2f}); '
           f'eval: ours {ours["eval_seconds_per_batch"]} s, PyTorch '
-          f'{torch_["eval_seconds_per_batch"]} s (x{torch_["eval_seconds_per_batch"] / ours["eval_seconds_per_batch"]:.2f})')
+          f'{torch_["eval_seconds_per_batch"]} s (x{speed("eval_seconds_per_batch"):.2f}); '
+          f'peak RSS: ours {ours["peak_rss_mb"] / 1024:.2f} GiB, PyTorch '
+          f'{torch_["peak_rss_mb"] / 1024:.2f} GiB (ours / PyTorch '
+          f'{ours["peak_rss_mb"] / torch_["peak_rss_mb"]:.2f}); issue 16 asks for speed ratios '
+          '>= 1.0 and an RSS ratio <= 1.0')
 
 
 if __name__ == '__main__':
