@@ -1,4 +1,5 @@
-"""Processes and devices: joining a multi-process run, and the one device mesh."""
+"""Processes and devices: joining a multi-process run, the one device mesh, and the XLA
+options the heavy steps compile with."""
 
 from typing import Sequence
 
@@ -33,8 +34,9 @@ def initialize(distributed_config) -> tuple[int, int]:
 
 
 def compiler_options(platform: str | None = None) -> dict | None:
-  """`jax.jit(..., compiler_options=...)` for the training and labelling steps on
-  `platform` (default: the default backend's)."""
+  """`jax.jit(..., compiler_options=...)` for the interpreter's and DeepLab's steps on
+  `platform` (default: the default backend's). The generate step keeps XLA's defaults:
+  these options did not change its time."""
   if (platform or jax.default_backend()) == 'cpu':
     return dict(CPU_COMPILER_OPTIONS)
   return None
