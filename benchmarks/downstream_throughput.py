@@ -29,13 +29,6 @@ STAGES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 NUM_CLASSES = 20
 
 
-def _flops(compiled) -> float:
-  analysis = compiled.cost_analysis()
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0]
-  return float(analysis.get('flops', float('nan')))
-
-
 def run_ours(args) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
@@ -54,32 +47,18 @@ def run_ours(args) -> dict:
       (images, labels), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data')))
   model = deeplab.DeepLabV3(arch)
   step = train.make_train_step(model, options, 0)
-  start = time.perf_counter()
-  compiled = step.lower(state, images, labels).compile()
-  compile_seconds = time.perf_counter() - start
-  train_flops = _flops(compiled)
-  state, metrics = compiled(state, images, labels)   # warm-up
-  jax.block_until_ready(metrics)
-  start = time.perf_counter()
-  for _ in range(args.steps):
-    state, metrics = compiled(state, images, labels)
-  jax.block_until_ready(metrics)
-  train_seconds = (time.perf_counter() - start) / args.steps
+  trained = machine.timed(step, (state, images, labels), args.steps, carry=True)
+  state = trained.out[0]
+  train_flops, train_seconds = trained.flops, trained.seconds
 
   predict = evaluate.make_predict(model)
   variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
-  compiled_eval = predict.lower(variables, images, labels).compile()
-  eval_flops = _flops(compiled_eval)
-  jax.block_until_ready(compiled_eval(variables, images, labels))
-  start = time.perf_counter()
-  for _ in range(args.steps):
-    out = compiled_eval(variables, images, labels)
-  jax.block_until_ready(out)
-  eval_seconds = (time.perf_counter() - start) / args.steps
+  evaluated = machine.timed(predict, (variables, images, labels), args.steps)
+  eval_flops, eval_seconds = evaluated.flops, evaluated.seconds
   peak = machine.matmul_gflops()
   return {
       'devices': mesh.size, 'params': deeplab.count_params(state['params']),
-      'compile_seconds': round(compile_seconds, 1),
+      'compile_seconds': round(trained.compile_seconds, 1),
       'train_seconds_per_step': round(train_seconds, 2),
       'train_images_per_second': round(args.batch / train_seconds, 3),
       'train_gflop_per_image': round(train_flops / args.batch / 1e9, 1),
