@@ -91,6 +91,9 @@ def base() -> ml_collections.ConfigDict:
   # of the original's own shuffle per member; members then differ by initialisation only.
   # Faster on CPU (README, Benchmarks); the toy's mIoU with and without it is there too.
   config.interpreter.shared_pixels = False
+  # Training steps per compiled call (a loop on the device; one per call once the stopping
+  # rule watches). The same steps either way; fewer calls are faster (README, Benchmarks).
+  config.interpreter.steps_per_call = 10
 
   config.sample = ml_collections.ConfigDict()
   config.sample.num_samples = 16        # images written for annotation
@@ -223,7 +226,8 @@ _FIELD_RULES = {
     **{field: _POSITIVE for field in (
         'data.num_classes', 'data.num_annotated', 'interpreter.num_members',
         'interpreter.batch_size', 'interpreter.patience', 'interpreter.max_epochs',
-        'interpreter.checkpoint_every', 'interpreter.log_every', 'sample.num_samples',
+        'interpreter.checkpoint_every', 'interpreter.log_every', 'interpreter.steps_per_call',
+        'sample.num_samples',
         'sample.batch_size', 'sample.grid_columns', 'generate.num_samples',
         'generate.batch_size', 'generate.samples_per_shard', 'generate.chunk_rows',
         'downstream.width', 'downstream.output_stride', 'downstream.aspp_channels',

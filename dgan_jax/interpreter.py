@@ -328,6 +328,7 @@ class TrainOptions:
   parallel: str = 'auto'       # 'auto', 'batch' or 'members'
   log_every: int = 100
   shared_pixels: bool = False  # every member on member 0's pixel batch (gathered once)
+  steps_per_call: int = 10     # steps one compiled call runs (a loop on the device)
 
   @classmethod
   def from_config(cls, interpreter_config) -> 'TrainOptions':
@@ -421,7 +422,11 @@ def pixel_permutations(seed: int, epoch: int, num_members: int, num_pixels: int,
 def _make_train_step(arch: InterpreterArch, options: TrainOptions,
                      layout: features_lib.FeatureLayout, mesh: Mesh, parallel: str,
                      steps_per_epoch: int, freeze_stopped: bool) -> Callable:
-  """The compiled ensemble step (state, stores, labels, permutation) -> (state, metrics).
+  """The compiled ensemble steps (state, stores, labels, permutation, count=1) ->
+  (state, metrics of the last step): `count` steps in one call, a loop on the device. On
+  CPU a call costs more than its step's work: each call allocates XLA's temporaries
+  afresh (40 MB for the car's ensemble, 9.9k page faults), and ten steps per call ran
+  1.47x faster than one (2026-12-07).
 
   freeze_stopped: keep the parameters and BatchNorm statistics of members the stopping
   rule has stopped (their optimizer moments may drift: they are never used again). The
@@ -484,7 +489,14 @@ def _make_train_step(arch: InterpreterArch, options: TrainOptions,
            'active': still_active}
     return new, {'loss': losses, 'accuracy': accuracy, 'active': active}
 
-  return jax.jit(step_fn, donate_argnums=(0,),
+  def steps_fn(state, stores, labels, permutation, count=1):
+    metrics_shape = jax.eval_shape(step_fn, state, stores, labels, permutation)[1]
+    no_metrics = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape)
+    return jax.lax.fori_loop(
+        0, count, lambda _, carry: step_fn(carry[0], stores, labels, permutation),
+        (state, no_metrics))
+
+  return jax.jit(steps_fn, donate_argnums=(0,),
                  compiler_options=parallel_lib.compiler_options(mesh.devices.flat[0].platform))
 
 
@@ -543,21 +555,25 @@ def train(data: TrainData, arch: InterpreterArch, options: TrainOptions, seed: i
   active = None
   permutation, permutation_epoch = None, None
 
-  def step_fn(state, step):
+  def step_fn(state, step, limit):
     nonlocal active, permutation, permutation_epoch
     if active is None:
       active = np.asarray(jax.device_get(state['active']))
     epoch = step // steps_per_epoch
+    count = min(limit, steps_per_epoch - step % steps_per_epoch)
+    if use_rule and epoch > options.patience_after_epoch:
+      count = 1   # a member may stop at any step: the host picks the step variant
     if epoch != permutation_epoch:
       permutation = jax.device_put(
           pixel_permutations(seed, epoch, arch.num_members, num_pixels, options.batch_size),
           permutation_sharding)
       permutation_epoch = epoch
     trained = int(active.sum())
-    state, metrics = steps[not active.all()](state, stores, labels, permutation)
+    state, metrics = steps[not active.all()](state, stores, labels, permutation,
+                                             np.int32(count))
     if use_rule:
       active = np.asarray(jax.device_get(state['active']))
-    return state, metrics, trained * options.batch_size
+    return state, metrics, count * trained * options.batch_size, count
 
   def postfix(metrics):
     trained = metrics['active']
@@ -568,6 +584,7 @@ def train(data: TrainData, arch: InterpreterArch, options: TrainOptions, seed: i
   state, rate = training.run(
       state, checkpoint_dir, options.checkpoint_every, state_shardings, total_steps, step_fn,
       desc='interpreter', rate_name='px_s', log_every=options.log_every,
+      steps_per_call=options.steps_per_call,
       metric_names=('loss', 'accuracy', 'active'), postfix=postfix, progress=progress,
       keep_going=lambda: active is None or bool(active.any()))
   state['pixels_per_second'] = rate

@@ -65,14 +65,17 @@ def resumed_history(history_path: str | None, step: int, metric_names) -> dict:
 def run(state, checkpoint_dir: str | None, checkpoint_every: int, shardings,
         total_steps: int, step_fn: Callable, *, desc: str, rate_name: str, log_every: int,
         metric_names: tuple[str, ...], postfix: Callable[[dict], dict], progress: bool = True,
-        keep_going: Callable[[], bool] = lambda: True) -> tuple[dict, float]:
+        keep_going: Callable[[], bool] = lambda: True,
+        steps_per_call: int = 1) -> tuple[dict, float]:
   """The training loop both labelers share: resume, step, checkpoint, log, finish.
 
   state: the initial training state (with an int 'step'), placed with `shardings`; it is
   replaced by the newest orbax checkpoint in checkpoint_dir when there is one.
-  step_fn(state, step) -> (state, metrics, items): one training step from `step`;
-  metrics stay on the device except on logged steps (every log_every-th, the last, and
-  the one after which keep_going() turns false); items count toward the rate.
+  step_fn(state, step, limit) -> (state, metrics, items, steps): `steps` training steps
+  from `step` in one call, 1 <= steps <= limit; limit is at most steps_per_call and ends
+  calls on logged and checkpointed steps. metrics (of the call's last step) stay on the
+  device except on logged steps (every log_every-th, the last, and the one after which
+  keep_going() turns false); items count toward the rate.
   Returns (state on the host with 'history': per logged step its number, the training
   seconds so far and each of metric_names, across resumes (kept in checkpoint_dir's
   history.json); items per second over the steps after the first (compiling) one).
@@ -92,10 +95,13 @@ def run(state, checkpoint_dir: str | None, checkpoint_every: int, shardings,
     window_start, window_items = time.perf_counter(), 0
     run_start, run_items = None, 0
     while step < total_steps and keep_going():
-      state, metrics, items = step_fn(state, step)
-      step += 1
+      limit = min(steps_per_call, total_steps - step, log_every - step % log_every)
+      if manager is not None and checkpoint_every > 0:
+        limit = min(limit, checkpoint_every - step % checkpoint_every)
+      state, metrics, items, steps = step_fn(state, step, limit)
+      step += steps
       window_items += items
-      if step == first_step + 1:
+      if step == first_step + steps:
         jax.block_until_ready(metrics)
         run_start = time.perf_counter()
       else:

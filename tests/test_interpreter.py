@@ -137,6 +137,38 @@ def test_training_steps_match_the_original_loop(shared_pixels):
                                    err_msg=ours[0])
 
 
+def test_steps_in_one_call_match_the_original_loop():
+  """Three steps in one compiled call (interpreter.steps_per_call) end where three steps
+  of each member's PyTorch loop end, and report the third step's loss."""
+  data, full = small_problem()
+  arch = interpreter.InterpreterArch(data.layout.dim, 3, num_members=2)
+  options = interpreter.TrainOptions(batch_size=16, num_steps=3)
+  mesh = parallel_lib.make_mesh(jax.devices()[:1])
+  steps = interpreter._make_train_step(arch, options, data.layout, mesh, 'members',
+                                       data.num_pixels // 16, freeze_stopped=False)
+  state = interpreter.init_state(arch, options, seed=4)
+  init_params, init_stats = jax.device_get((state['params'], state['batch_stats']))
+  permutation = interpreter.pixel_permutations(4, 0, 2, data.num_pixels, 16)
+  state, metrics = steps(state, data.stores, data.labels, jnp.asarray(permutation),
+                         np.int32(3))
+  assert int(state['step']) == 3
+  labels = torch.from_numpy(np.asarray(data.labels).reshape(-1).astype(np.int64))
+  for m in range(2):
+    net = torch_member(arch, init_params, init_stats, m).train()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for t in range(3):
+      pixels = torch.from_numpy(permutation[t, m].astype(np.int64))
+      optimizer.zero_grad()
+      loss = torch.nn.functional.cross_entropy(net(full[pixels]), labels[pixels])
+      loss.backward()
+      optimizer.step()
+    assert abs(loss.item() - float(metrics['loss'][m])) < 1e-5
+    ours = torch_member(arch, *jax.device_get((state['params'], state['batch_stats'])), m)
+    for (name, a), (_, b) in zip(ours.state_dict().items(), net.state_dict().items()):
+      if 'num_batches' not in name:
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-6, err_msg=name)
+
+
 def replay_rule(losses, steps_per_epoch, after_epoch, patience):
   """The original's loop, per member, from its per-step losses -> steps trained."""
   best, since = np.inf, 0

@@ -173,13 +173,14 @@ def train(g, sampling, data, arch: head_lib.HeadArch, options: TrainOptions, see
   with concurrent.futures.ThreadPoolExecutor(1) as pool:
     pending = {}
 
-    def one_step(state, step):
+    def one_step(state, step, limit):
+      del limit
       inputs, masks = (pending.pop(step, None) or pool.submit(host_batch, step)).result()
       if step + 1 < total_steps:
         pending[step + 1] = pool.submit(host_batch, step + 1)  # read while the step runs
       state, metrics = step_fn(state, generator_variables,
                                *jax.device_put((inputs, masks), batch_sharding))
-      return state, metrics, batch_size
+      return state, metrics, batch_size, 1
 
     state, rate = training.run(
         state, checkpoint_dir, options.checkpoint_every,
