@@ -1,12 +1,21 @@
 """Ensemble agreement: majority vote, Jensen-Shannon divergence, per-image scores."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 
+def _sum_members(x: jax.Array) -> jax.Array:
+  """[M, ...] -> [...], the sum over the leading (members) axis as a chain of adds. XLA:CPU's
+  default reduction (YNNPACK) is slow over a short leading axis: summing [10, 16384, 20]
+  over its first axis took 10.4 ms, the adds 0.31 ms (2026-12-07)."""
+  return functools.reduce(jnp.add, [x[i] for i in range(x.shape[0])])
+
+
 def majority_vote(member_labels: jax.Array, num_classes: int) -> jax.Array:
   """member_labels [M, ...] int -> [...] the most voted class; ties go to the smallest id."""
-  votes = jnp.sum(jax.nn.one_hot(member_labels, num_classes, dtype=jnp.int32), axis=0)
+  votes = _sum_members(jax.nn.one_hot(member_labels, num_classes, dtype=jnp.int32))
   return jnp.argmax(votes, axis=-1)
 
 
@@ -20,7 +29,9 @@ def js_divergence(member_probs: jax.Array) -> jax.Array:
   """member_probs [M, ..., C] (probabilities, not logits) -> [...] the generalised
   Jensen-Shannon divergence H(mean_m p_m) - mean_m H(p_m) (DatasetGAN's uncertainty)."""
   member_probs = member_probs.astype(jnp.float32)
-  return entropy(jnp.mean(member_probs, axis=0)) - jnp.mean(entropy(member_probs), axis=0)
+  num_members = member_probs.shape[0]
+  return (entropy(_sum_members(member_probs) / num_members)
+          - _sum_members(entropy(member_probs)) / num_members)
 
 
 def image_scores(pixel_scores: jax.Array, top_fraction: float = 0.1) -> jax.Array:
