@@ -426,7 +426,7 @@ def _make_train_step(arch: InterpreterArch, options: TrainOptions,
   (state, metrics of the last step): `count` steps in one call, a loop on the device. On
   CPU a call costs more than its step's work: each call allocates XLA's temporaries
   afresh (40 MB for the car's ensemble, 9.9k page faults), and ten steps per call ran
-  1.47x faster than one (2026-12-07).
+  1.30-1.47x faster than one (2026-12-07).
 
   freeze_stopped: keep the parameters and BatchNorm statistics of members the stopping
   rule has stopped (their optimizer moments may drift: they are never used again). The

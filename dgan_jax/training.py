@@ -85,7 +85,6 @@ def run(state, checkpoint_dir: str | None, checkpoint_every: int, shardings,
     manager, state = open_checkpoints(checkpoint_dir, checkpoint_every, state, shardings,
                                       desc)
     step = int(state['step'])
-    first_step = step
     history_path = os.path.join(checkpoint_dir, HISTORY_FILE) if checkpoint_dir else None
     history = resumed_history(history_path, step, metric_names)
     seconds_before = history['seconds'][-1] if history['seconds'] else 0.0
@@ -101,7 +100,7 @@ def run(state, checkpoint_dir: str | None, checkpoint_every: int, shardings,
       state, metrics, items, steps = step_fn(state, step, limit)
       step += steps
       window_items += items
-      if step == first_step + steps:
+      if run_start is None:   # the first call, which compiled
         jax.block_until_ready(metrics)
         run_start = time.perf_counter()
       else:
