@@ -98,6 +98,32 @@ def test_majority_vote_breaks_ties_to_the_smallest_class():
   assert interpreter.majority_vote(logits).tolist() == [1, 2, 0, 0]
 
 
+def original_loop(arch, params, stats, member: int, full, labels, batches):
+  """Member `member` trained by the original's PyTorch loop (train-mode BatchNorm,
+  cross-entropy, Adam 1e-3) on the flat pixel ids of each of `batches` -> (per-step
+  losses, the trained torch module)."""
+  net = torch_member(arch, params, stats, member).train()
+  optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+  losses = []
+  for batch in batches:
+    pixels = torch.from_numpy(batch.astype(np.int64))
+    optimizer.zero_grad()
+    loss = torch.nn.functional.cross_entropy(net(full[pixels]), labels[pixels])
+    loss.backward()
+    optimizer.step()
+    losses.append(loss.item())
+  return losses, net
+
+
+def assert_same_member(arch, state, member: int, net):
+  expected = torch_member(arch, *jax.device_get((state['params'], state['batch_stats'])),
+                          member)
+  for ours, theirs in zip(expected.state_dict().items(), net.state_dict().items()):
+    if 'num_batches' not in ours[0]:
+      np.testing.assert_allclose(ours[1].numpy(), theirs[1].numpy(), atol=2e-6,
+                                 err_msg=ours[0])
+
+
 @pytest.mark.parametrize('shared_pixels', [False, True])
 def test_training_steps_match_the_original_loop(shared_pixels):
   """Three steps of the vmapped ensemble = three steps of each member's PyTorch loop
@@ -121,20 +147,11 @@ def test_training_steps_match_the_original_loop(shared_pixels):
     losses.append(np.asarray(metrics['loss']))
   labels = torch.from_numpy(np.asarray(data.labels).reshape(-1).astype(np.int64))
   for m in range(2):
-    net = torch_member(arch, init_params, init_stats, m).train()
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    for t in range(3):
-      pixels = torch.from_numpy(permutation[t, 0 if shared_pixels else m].astype(np.int64))
-      optimizer.zero_grad()
-      loss = torch.nn.functional.cross_entropy(net(full[pixels]), labels[pixels])
-      loss.backward()
-      optimizer.step()
-      assert abs(loss.item() - losses[t][m]) < 1e-5
-    expected = torch_member(arch, *jax.device_get((state['params'], state['batch_stats'])), m)
-    for ours, theirs in zip(expected.state_dict().items(), net.state_dict().items()):
-      if 'num_batches' not in ours[0]:
-        np.testing.assert_allclose(ours[1].numpy(), theirs[1].numpy(), atol=2e-6,
-                                   err_msg=ours[0])
+    their_losses, net = original_loop(arch, init_params, init_stats, m, full, labels,
+                                      permutation[:3, 0 if shared_pixels else m])
+    for t, loss in enumerate(their_losses):
+      assert abs(loss - losses[t][m]) < 1e-5
+    assert_same_member(arch, state, m, net)
 
 
 def test_steps_in_one_call_match_the_original_loop():
@@ -154,19 +171,10 @@ def test_steps_in_one_call_match_the_original_loop():
   assert int(state['step']) == 3
   labels = torch.from_numpy(np.asarray(data.labels).reshape(-1).astype(np.int64))
   for m in range(2):
-    net = torch_member(arch, init_params, init_stats, m).train()
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    for t in range(3):
-      pixels = torch.from_numpy(permutation[t, m].astype(np.int64))
-      optimizer.zero_grad()
-      loss = torch.nn.functional.cross_entropy(net(full[pixels]), labels[pixels])
-      loss.backward()
-      optimizer.step()
-    assert abs(loss.item() - float(metrics['loss'][m])) < 1e-5
-    ours = torch_member(arch, *jax.device_get((state['params'], state['batch_stats'])), m)
-    for (name, a), (_, b) in zip(ours.state_dict().items(), net.state_dict().items()):
-      if 'num_batches' not in name:
-        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-6, err_msg=name)
+    their_losses, net = original_loop(arch, init_params, init_stats, m, full, labels,
+                                      permutation[:3, m])
+    assert abs(their_losses[-1] - float(metrics['loss'][m])) < 1e-5
+    assert_same_member(arch, state, m, net)
 
 
 def replay_rule(losses, steps_per_epoch, after_epoch, patience):
