@@ -59,6 +59,7 @@ def run_ours(args) -> dict:
   return {
       'devices': mesh.size, 'params': deeplab.count_params(state['params']),
       'compile_seconds': round(trained.compile_seconds, 1),
+      'train_xla_temp_gb': round(trained.temp_bytes / 1e9, 2),
       'train_seconds_per_step': round(train_seconds, 2),
       'train_images_per_second': round(args.batch / train_seconds, 3),
       'train_gflop_per_image': round(train_flops / args.batch / 1e9, 1),

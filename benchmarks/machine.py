@@ -43,6 +43,7 @@ class Timing:
   compile_seconds: float
   seconds: float            # per call, the first (warm-up) call excluded
   memory_bytes: int         # XLA's temporaries + arguments + outputs
+  temp_bytes: int           # XLA's temporaries alone
   flops: float              # XLA's count
   bytes_accessed: float     # XLA's count (operands read and written, caches included)
   out: Any                  # the last call's output
@@ -73,7 +74,8 @@ def timed(jitted, args, repeats: int, carry: bool = False) -> Timing:
   jax.block_until_ready(out)
   return Timing(compile_seconds, (time.perf_counter() - start) / repeats,
                 memory.temp_size_in_bytes + memory.argument_size_in_bytes
-                + memory.output_size_in_bytes, float(cost.get('flops', 0)),
+                + memory.output_size_in_bytes, memory.temp_size_in_bytes,
+                float(cost.get('flops', 0)),
                 float(cost.get('bytes accessed', 0)), out)
 
 
