@@ -211,9 +211,18 @@ def upsample(feature_map: jax.Array, table: tuple[AxisTable, AxisTable] | dict) 
   return (1 - cw) * jnp.take(x, c0, axis=2) + cw * jnp.take(x, c1, axis=2)
 
 
-def resize_columns(x: jax.Array, out_width: int) -> jax.Array:
+def resize_columns(x: jax.Array, out_width: int, edge_padded: bool = False) -> jax.Array:
   """x [R, w, K] -> [R, out_width, K], bilinear with half-pixel centres (PyTorch
-  align_corners=False), edges clamped. Integer factors use strided slices, not gathers."""
+  align_corners=False), edges clamped. Integer factors use strided slices, not gathers.
+
+  edge_padded: x is [R, w + 2, K], its first and last columns copies of its edge columns
+  (`jnp.pad(..., mode='edge')` of the unpadded x). Integer factors then read shifted
+  slices of it instead of concatenating the clamped neighbours inside the fused
+  expression, which XLA:CPU ran 2.3x slower (2026-12-07).
+  """
+  padded = x if edge_padded else None
+  if edge_padded:
+    x = x[:, 1:-1]
   width = x.shape[1]
   if width == out_width:
     return x
@@ -226,8 +235,11 @@ def resize_columns(x: jax.Array, out_width: int) -> jax.Array:
     centre_w, left_w, right_w = (np.tile(a, width)[None, :, None].astype(np.float32) for a in
                                  (1 - np.abs(offsets), np.maximum(-offsets, 0),
                                   np.maximum(offsets, 0)))
-    left = jnp.concatenate([x[:, :1], x[:, :-1]], axis=1)     # edges clamp
-    right = jnp.concatenate([x[:, 1:], x[:, -1:]], axis=1)
+    if padded is not None:
+      left, right = padded[:, :-2], padded[:, 2:]
+    else:
+      left = jnp.concatenate([x[:, :1], x[:, :-1]], axis=1)     # edges clamp
+      right = jnp.concatenate([x[:, 1:], x[:, -1:]], axis=1)
     repeat = lambda a: jnp.broadcast_to(a[:, :, None], a.shape[:2] + (factor,) + a.shape[2:]
                                         ).reshape(a.shape[0], out_width, a.shape[2])
     return centre_w * repeat(x) + left_w * repeat(left) + right_w * repeat(right)

@@ -258,11 +258,14 @@ def label_image(feature_maps, params, batch_stats, layout: features_lib.FeatureL
       rows = jnp.concatenate([
           jax.lax.dynamic_slice_in_dim(feature_maps[i], jnp.asarray(plan.starts)[chunk],
                                        plan.span, axis=0) for i in plan.maps], axis=-1)
+      edge_padded = plan.width < width and width % plan.width == 0
+      if edge_padded:   # see features.resize_columns
+        rows = jnp.pad(rows, ((0, 0), (1, 1), (0, 0)), mode='edge')
       projection = jnp.einsum('hwc,ck->hwk', rows, weight.astype(rows.dtype),
                               preferred_element_type=jnp.float32)
       if plan.rows is not None:
         projection = jnp.einsum('rs,swk->rwk', jnp.asarray(plan.rows)[chunk], projection)
-      first = first + features_lib.resize_columns(projection, width)
+      first = first + features_lib.resize_columns(projection, width, edge_padded)
     first = first.reshape(chunk_rows * width, num_members, hidden).transpose(1, 0, 2)
     member_logits = head(params, batch_stats, first)      # [M, P, C]
     member_labels = jnp.argmax(member_logits, axis=-1)

@@ -98,6 +98,10 @@ def test_resize_columns_matches_torch(in_width, out_width):
       mode='bilinear', align_corners=False)[:, :, 0].numpy().transpose(0, 2, 1)
   np.testing.assert_allclose(features_lib.resize_columns(jnp.asarray(x), out_width), expected,
                              atol=1e-5)
+  padded = np.pad(x, ((0, 0), (1, 1), (0, 0)), mode='edge')
+  np.testing.assert_allclose(
+      features_lib.resize_columns(jnp.asarray(padded), out_width, edge_padded=True), expected,
+      atol=1e-5)
 
 
 def test_chunk_plan_rows_match_the_bilinear_tables():
