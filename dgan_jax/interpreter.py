@@ -184,7 +184,7 @@ def predict(params: Params, batch_stats: Params, features: jax.Array) -> jax.Arr
 #
 #     resize(F_l) @ W1[m, rows of l] == resize(F_l @ W1[m, rows of l])
 #
-# and each map is projected at its native resolution, the [h_l, w_l, M*H1] projections
+# and each map is projected at its native resolution, the [M, h_l, w_l, H1] projections
 # resized and summed. Output rows are processed in chunks of `chunk_rows`: a chunk reads
 # only the native rows its bilinear taps touch, so memory is bounded by the chunk.
 
@@ -249,24 +249,35 @@ def label_image(feature_maps, params, batch_stats, layout: features_lib.FeatureL
   chunk_rows = -(-height // num_chunks)
   group_weights = [
       jnp.concatenate([w1[:, offsets[i]:offsets[i] + layout.channels[i]] for i in plan.maps],
-                      axis=1).transpose(1, 0, 2).reshape(-1, num_members * hidden)
-      for plan in plans]                                  # per group [C_group, M * H1]
+                      axis=1) for plan in plans]          # per group [M, C_group, H1]
+
+  # Per group, its maps' channels side by side, edge-padded when upsampled (see
+  # features.resize_columns): [kept, w (+ 2), C_group], built once per image.
+  padded = [plan.width < width and width % plan.width == 0 for plan in plans]
+  group_maps = []
+  for plan, pad in zip(plans, padded):
+    maps = jnp.concatenate([feature_maps[i] for i in plan.maps], axis=-1)
+    group_maps.append(jnp.pad(maps, ((0, 0), (1, 1), (0, 0)), mode='edge') if pad else maps)
+
+  def per_member(x):
+    return jnp.broadcast_to(x, (num_members,) + x.shape)
 
   def one_chunk(chunk):
-    first = params['linear0']['bias'].reshape(1, 1, -1)
-    for plan, weight in zip(plans, group_weights):
-      rows = jnp.concatenate([
-          jax.lax.dynamic_slice_in_dim(feature_maps[i], jnp.asarray(plan.starts)[chunk],
-                                       plan.span, axis=0) for i in plan.maps], axis=-1)
-      edge_padded = plan.width < width and width % plan.width == 0
-      if edge_padded:   # see features.resize_columns
-        rows = jnp.pad(rows, ((0, 0), (1, 1), (0, 0)), mode='edge')
-      projection = jnp.einsum('hwc,ck->hwk', rows, weight.astype(rows.dtype),
+    first = params['linear0']['bias'][:, None, None]      # [M, 1, 1, H1]
+    for plan, weight, maps, edge_padded in zip(plans, group_weights, group_maps, padded):
+      rows = jax.lax.dynamic_slice_in_dim(maps, jnp.asarray(plan.starts)[chunk], plan.span,
+                                          axis=0)
+      # Member-major from here on, as the head reads it: [M, s, w, H1]. The rows are
+      # copied per member, which costs less than transposing a pixel-major projection.
+      projection = jnp.einsum('mswc,mck->mswk', per_member(rows), weight.astype(rows.dtype),
                               preferred_element_type=jnp.float32)
       if plan.rows is not None:
-        projection = jnp.einsum('rs,swk->rwk', jnp.asarray(plan.rows)[chunk], projection)
-      first = first + features_lib.resize_columns(projection, width, edge_padded)
-    first = first.reshape(chunk_rows * width, num_members, hidden).transpose(1, 0, 2)
+        projection = jnp.einsum('mrs,mswk->mrwk', per_member(jnp.asarray(plan.rows)[chunk]),
+                                projection)
+      resized = features_lib.resize_columns(
+          projection.reshape((-1,) + projection.shape[2:]), width, edge_padded)
+      first = first + resized.reshape(num_members, chunk_rows, width, hidden)
+    first = first.reshape(num_members, chunk_rows * width, hidden)
     member_logits = head(params, batch_stats, first)      # [M, P, C]
     member_labels = jnp.argmax(member_logits, axis=-1)
     label = uncertainty.majority_vote(member_labels, member_logits.shape[-1])
