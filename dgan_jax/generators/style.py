@@ -26,6 +26,18 @@ def truncate(w: jax.Array, avg_latent: jax.Array, psi: float, cutoff: int) -> ja
   return jnp.where(layer < cutoff, avg_latent + psi * (w - avg_latent), w)
 
 
+def separable_filter(x: jax.Array, taps: Sequence[float], pad: int) -> jax.Array:
+  """The same 1-D `taps` along rows and columns of every channel (a symmetric filter's
+  flip does not matter), zero padding `pad` on each side: [B, H, W, C] ->
+  [B, H + 2 pad - k + 1, W + 2 pad - k + 1, C]. Two passes of k shifted, weighted adds,
+  which XLA fuses. XLA:CPU's depthwise convolution took 12-30x as long (2026-12-07)."""
+  x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  for axis in (1, 2):
+    n = x.shape[axis] - len(taps) + 1
+    x = sum(float(t) * jax.lax.slice_in_dim(x, k, k + n, axis=axis) for k, t in enumerate(taps))
+  return x
+
+
 def noise_from_keys(arch, keys: jax.Array, dtype=jnp.float32) -> list[jax.Array]:
   """One key per sample, keys [B] -> noise list of [B, h, w, 1]; layer j uses fold_in(key, j)."""
   def one(key):

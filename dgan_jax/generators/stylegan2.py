@@ -154,15 +154,10 @@ def mapping(params: Params, arch: StyleGAN2Arch, z: jax.Array,
 
 
 def _fir(x, pad: int):
-  """upfirdn2d with the [1,3,3,1] resample filter (normalised, gain 4; symmetric, so its
-  flip does not matter), padding `pad` on each side: [B, H, W, C] -> [B, H+2p-3, W+2p-3, C].
-  Separable: two passes of 4 shifted, weighted adds, which XLA fuses."""
+  """upfirdn2d with the [1,3,3,1] resample filter (normalised, gain 4), padding `pad` on
+  each side: [B, H, W, C] -> [B, H+2p-3, W+2p-3, C]."""
   taps = np.asarray(RESAMPLE_TAPS) / sum(RESAMPLE_TAPS) * 2   # 1-D taps; 2 x 2 = gain 4
-  x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  for axis in (1, 2):
-    n = x.shape[axis] - len(taps) + 1
-    x = sum(float(t) * jax.lax.slice_in_dim(x, k, k + n, axis=axis) for k, t in enumerate(taps))
-  return x
+  return style.separable_filter(x, taps, pad)
 
 
 def upsample_image(img: jax.Array) -> jax.Array:
