@@ -251,26 +251,40 @@ def label_image(feature_maps, params, batch_stats, layout: features_lib.FeatureL
       jnp.concatenate([w1[:, offsets[i]:offsets[i] + layout.channels[i]] for i in plan.maps],
                       axis=1) for plan in plans]          # per group [M, C_group, H1]
 
-  # Per group, its maps' channels side by side, edge-padded when upsampled (see
-  # features.resize_columns): [kept, w (+ 2), C_group], built once per image.
-  padded = [plan.width < width and width % plan.width == 0 for plan in plans]
-  group_maps = []
-  for plan, pad in zip(plans, padded):
-    maps = jnp.concatenate([feature_maps[i] for i in plan.maps], axis=-1)
-    group_maps.append(jnp.pad(maps, ((0, 0), (1, 1), (0, 0)), mode='edge') if pad else maps)
-
   def per_member(x):
     return jnp.broadcast_to(x, (num_members,) + x.shape)
 
+  # Per group, its maps' channels side by side, edge-padded when upsampled (see
+  # features.resize_columns): [kept, w (+ 2), C_group], built once per image. Groups whose
+  # projection of all kept rows, [M, kept, w (+ 2), H1], is no larger than a chunk's
+  # first-layer output are projected once per image (chunks would project overlapping
+  # rows again) and only sliced per chunk.
+  padded = [plan.width < width and width % plan.width == 0 for plan in plans]
+  chunk_values = num_members * chunk_rows * width * hidden
+  group_inputs = []
+  for plan, pad, weight in zip(plans, padded, group_weights):
+    maps = jnp.concatenate([feature_maps[i] for i in plan.maps], axis=-1)
+    if pad:
+      maps = jnp.pad(maps, ((0, 0), (1, 1), (0, 0)), mode='edge')
+    projected = num_members * maps.shape[0] * maps.shape[1] * hidden <= chunk_values
+    if projected:
+      maps = jnp.einsum('hwc,mck->mhwk', maps, weight.astype(maps.dtype),
+                        preferred_element_type=jnp.float32)
+    group_inputs.append((maps, projected))
+
   def one_chunk(chunk):
     first = params['linear0']['bias'][:, None, None]      # [M, 1, 1, H1]
-    for plan, weight, maps, edge_padded in zip(plans, group_weights, group_maps, padded):
-      rows = jax.lax.dynamic_slice_in_dim(maps, jnp.asarray(plan.starts)[chunk], plan.span,
-                                          axis=0)
-      # Member-major from here on, as the head reads it: [M, s, w, H1]. The rows are
-      # copied per member, which costs less than transposing a pixel-major projection.
-      projection = jnp.einsum('mswc,mck->mswk', per_member(rows), weight.astype(rows.dtype),
-                              preferred_element_type=jnp.float32)
+    for plan, weight, (maps, projected), edge_padded in zip(plans, group_weights,
+                                                            group_inputs, padded):
+      start = jnp.asarray(plan.starts)[chunk]
+      if projected:
+        projection = jax.lax.dynamic_slice_in_dim(maps, start, plan.span, axis=1)
+      else:
+        rows = jax.lax.dynamic_slice_in_dim(maps, start, plan.span, axis=0)
+        # Member-major from here on, as the head reads it: [M, s, w, H1]. The rows are
+        # copied per member, which costs less than transposing a pixel-major projection.
+        projection = jnp.einsum('mswc,mck->mswk', per_member(rows), weight.astype(rows.dtype),
+                                preferred_element_type=jnp.float32)
       if plan.rows is not None:
         projection = jnp.einsum('mrs,mswk->mrwk', per_member(jnp.asarray(plan.rows)[chunk]),
                                 projection)
