@@ -15,7 +15,7 @@ resized to 512x512 and cropped to 384x512, 10 members, 20 classes), cut into:
     vote and JS   softmax, majority vote and per-pixel Jensen-Shannon divergence;
   whole step    the factory's compiled step, for the sum's check.
 `first layer` is labelling minus head minus vote and JS (the head is timed here on the
-whole grid at once, the step runs it in chunks of 32 rows).
+whole grid at once, the step runs it in chunks of config.generate.chunk_rows rows).
 
 FLOPs: XLA's cost analysis for synthesis, head and the whole step's synthesis half; the
 labelling runs in a `lax.map` over row chunks, whose body XLA's analysis counts once, so
@@ -75,11 +75,13 @@ def main() -> None:
   arch = interpreter.InterpreterArch(layout.dim, car.NUM_CLASSES, car.NUM_MEMBERS)
   params, stats = interpreter.init(arch, jax.random.key(1))
   labeler = interpreter.Labeler(arch, variables={'params': params, 'batch_stats': stats})
-  sampling = g.sampling(config_lib.base())
-  factory = factory_lib.Factory(g, sampling, labeler, layout, chunk_rows=32)
+  config = config_lib.base()
+  sampling = g.sampling(config)
+  chunk_rows = config.generate.chunk_rows
+  factory = factory_lib.Factory(g, sampling, labeler, layout, chunk_rows=chunk_rows)
   g_variables = g.variables(sampling)
   inputs = sampling.draw('generate', np.arange(1, dtype=np.uint32))
-  label = labeler.label_fn(layout, 0.1, 32)   # the factory's top_fraction and chunk_rows
+  label = labeler.label_fn(layout, 0.1, chunk_rows)   # the factory's top_fraction, chunk_rows
   height, width = layout.output_shape
   pixels = height * width
   rate = machine.matmul_gflops()

@@ -68,8 +68,9 @@ def run_ours(num_images: int, family: str = 'stylegan1') -> dict:
   arch = interpreter.InterpreterArch(layout.dim, NUM_CLASSES, NUM_MEMBERS)
   params, stats = interpreter.init(arch, jax.random.key(1))
   labeler = interpreter.Labeler(arch, variables={'params': params, 'batch_stats': stats})
-  factory = factory_lib.Factory(g, g.sampling(config_lib.base()), labeler, layout,
-                                chunk_rows=32)
+  config = config_lib.base()
+  factory = factory_lib.Factory(g, g.sampling(config), labeler, layout,
+                                chunk_rows=config.generate.chunk_rows)
   memory = factory.memory_analysis(batch_size=1)
   start = time.time()
   factory(np.arange(1))

@@ -105,7 +105,9 @@ def base() -> ml_collections.ConfigDict:
   config.generate.samples_per_shard = 256
   config.generate.drop_fraction = 0.1   # the most uncertain fraction is dropped
   config.generate.top_fraction = 0.1    # image score: mean of its top pixel JS values
-  config.generate.chunk_rows = 32       # output rows labelled at once (bounds memory)
+  # Output rows labelled at once (bounds memory). On a 2-core CPU, 8 ran fastest for the
+  # car's 384x512 grid: 1.15 s per image against 1.25 s with 32 (2026-12-07).
+  config.generate.chunk_rows = 8
   config.generate.preview_count = 16
   config.generate.keep_raw = True       # keep raw shards (resume, extend num_samples)
   config.generate.dataset_name = 'datasetgan'
