@@ -14,8 +14,9 @@ resized to 512x512 and cropped to 384x512, 10 members, 20 classes), cut into:
                   output [10, 196608, 128] to the logits;
     vote and JS   softmax, majority vote and per-pixel Jensen-Shannon divergence;
   whole step    the factory's compiled step, for the sum's check.
-`first layer` is labelling minus head minus vote and JS (the head is timed here on the
-whole grid at once, the step runs it in chunks of config.generate.chunk_rows rows).
+`first layer` is labelling minus head minus vote and JS. Head, vote and JS are timed on
+random first-layer outputs in chunks of config.generate.chunk_rows rows, as the step runs
+them (on the whole grid at once, its 1 GB input made the head 2.3x slower).
 
 FLOPs: XLA's cost analysis for synthesis, head and the whole step's synthesis half; the
 labelling runs in a `lax.map` over row chunks, whose body XLA's analysis counts once, so
@@ -94,17 +95,21 @@ def main() -> None:
   def labelling(variables, maps):
     return label(variables, maps, None)
 
+  # Head, vote and JS run per chunk of rows, as in the step: [chunks, M, chunk pixels, ...].
+  num_chunks = -(-height // chunk_rows)
   first = jnp.asarray(np.random.RandomState(0).standard_normal(
-      (car.NUM_MEMBERS, pixels, arch.hidden[0])), jnp.float32)
+      (num_chunks, car.NUM_MEMBERS, chunk_rows * width, arch.hidden[0])), jnp.float32)
 
   def head(params, stats, first):
-    return interpreter.head(params, stats, first)
+    return jax.lax.map(lambda chunk: interpreter.head(params, stats, chunk), first)
 
   logits = jax.block_until_ready(jax.jit(head)(params, stats, first))
 
   def vote_and_js(logits):
-    votes = uncertainty.majority_vote(jnp.argmax(logits, -1), car.NUM_CLASSES)
-    return votes, uncertainty.js_divergence(jax.nn.softmax(logits, axis=-1))
+    def one(chunk):
+      votes = uncertainty.majority_vote(jnp.argmax(chunk, -1), car.NUM_CLASSES)
+      return votes, uncertainty.js_divergence(jax.nn.softmax(chunk, axis=-1))
+    return jax.lax.map(one, logits)
 
   parts = {
       'synthesis': timed(synthesis, (g_variables, inputs), args.images),
@@ -125,6 +130,8 @@ def main() -> None:
   parts['first layer'] = (parts['labelling'][0] - parts['head'][0] - parts['vote and JS'][0],
                           first_layer_flops)
   parts['head'] = (parts['head'][0], head_flops)
+  # XLA counts a lax.map body once.
+  parts['vote and JS'] = (parts['vote and JS'][0], parts['vote and JS'][1] * num_chunks)
   parts['labelling'] = (parts['labelling'][0], first_layer_flops + head_flops)
   parts['whole step'] = (parts['whole step'][0], parts['synthesis'][1] + first_layer_flops
                          + head_flops)
