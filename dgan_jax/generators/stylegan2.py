@@ -169,11 +169,10 @@ def upsample_image(img: jax.Array) -> jax.Array:
   return _fir(up, 1)   # with the pad above: 2 before, 1 after
 
 
-# _PHASE_TAPS[phase, offset, tap]: along one axis, output 2m (phase 0) of the stride-2
-# transposed conv is x[m-1] w[2] + x[m] w[0], output 2m+1 (phase 1) is x[m] w[1]; x[m-1]
-# and x[m] sit at offsets 0 and 1 of a 2-tap window over x padded by 1.
-_PHASE_TAPS = np.zeros((2, 2, 3), np.float32)
-_PHASE_TAPS[0, 0, 2] = _PHASE_TAPS[0, 1, 0] = _PHASE_TAPS[1, 1, 1] = 1
+# _PHASE_TAP[phase, offset]: along one axis, output 2m (phase 0) of the stride-2 transposed
+# conv is x[m-1] w[2] + x[m] w[0], output 2m+1 (phase 1) is x[m] w[1]; x[m-1] and x[m] sit
+# at offsets 0 and 1 of a 2-tap window over x padded by 1. Tap 3 stands for a zero.
+_PHASE_TAP = np.array([[2, 0], [3, 1]])
 
 
 def _transposed_conv2x(x, weight):
@@ -181,10 +180,10 @@ def _transposed_conv2x(x, weight):
   [B, H, W, I] -> [B, 2H+1, 2W+1, O], computed per output phase so that no product with
   an inserted zero is taken: one 2x2 conv yields the four (row, column) phases as 4*O
   channels, which interleave into the output (its extra last row and column dropped)."""
-  o = weight.shape[0]
-  taps = jnp.asarray(_PHASE_TAPS, weight.dtype)
-  kernel = jnp.einsum('pak,qbl,oikl->pqoiab', taps, taps, weight).reshape(
-      4 * o, weight.shape[1], 2, 2)
+  o, i = weight.shape[:2]
+  padded = jnp.pad(weight, ((0, 0), (0, 0), (0, 1), (0, 1)))       # tap 3 = 0
+  kernel = padded[:, :, _PHASE_TAP[:, None, :, None], _PHASE_TAP[None, :, None, :]]
+  kernel = kernel.transpose(2, 3, 0, 1, 4, 5).reshape(4 * o, i, 2, 2)   # [(p, q, o), i, a, b]
   b, h, w = x.shape[:3]
   y = jax.lax.conv_general_dilated(
       x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'OIHW', 'NHWC'))
