@@ -35,6 +35,7 @@ BatchNorm statistics reduced by XLA) or the member axis is.
 """
 
 import dataclasses
+import functools
 import os
 from typing import Any, Callable
 
@@ -235,6 +236,12 @@ def plan_chunks(layout: features_lib.FeatureLayout, chunk_rows: int) -> list[Gro
   return plans
 
 
+def _project(maps: jax.Array, weight: jax.Array) -> jax.Array:
+  """maps [h, w, C] x one member's weight rows [C, H1] -> [h, w, H1] float32."""
+  return jnp.einsum('hwc,ck->hwk', maps, weight.astype(maps.dtype),
+                    preferred_element_type=jnp.float32)
+
+
 def label_image(feature_maps, params, batch_stats, layout: features_lib.FeatureLayout,
                 plans: list[GroupPlan], top_fraction: float):
   """One image. feature_maps: list of [kept_l, w_l, C_l] (`features.keep_rows`).
@@ -267,9 +274,8 @@ def label_image(feature_maps, params, batch_stats, layout: features_lib.FeatureL
     if pad:
       maps = jnp.pad(maps, ((0, 0), (1, 1), (0, 0)), mode='edge')
     projected = num_members * maps.shape[0] * maps.shape[1] * hidden <= chunk_values
-    if projected:
-      maps = jnp.einsum('hwc,mck->mhwk', maps, weight.astype(maps.dtype),
-                        preferred_element_type=jnp.float32)
+    if projected:   # a member at a time, so the result is member-major without a transpose
+      maps = jax.lax.map(functools.partial(_project, maps), weight)
     group_inputs.append((maps, projected))
 
   def one_chunk(chunk):
