@@ -238,8 +238,7 @@ def plan_chunks(layout: features_lib.FeatureLayout, chunk_rows: int) -> list[Gro
 
 def _project(maps: jax.Array, weight: jax.Array) -> jax.Array:
   """maps [h, w, C] x one member's weight rows [C, H1] -> [h, w, H1] float32."""
-  return jnp.einsum('hwc,ck->hwk', maps, weight.astype(maps.dtype),
-                    preferred_element_type=jnp.float32)
+  return jnp.einsum('hwc,ck->hwk', maps, weight, preferred_element_type=jnp.float32)
 
 
 def label_image(feature_maps, params, batch_stats, layout: features_lib.FeatureLayout,
@@ -256,7 +255,8 @@ def label_image(feature_maps, params, batch_stats, layout: features_lib.FeatureL
   chunk_rows = -(-height // num_chunks)
   group_weights = [
       jnp.concatenate([w1[:, offsets[i]:offsets[i] + layout.channels[i]] for i in plan.maps],
-                      axis=1) for plan in plans]          # per group [M, C_group, H1]
+                      axis=1).astype(feature_maps[0].dtype)
+      for plan in plans]                                  # per group [M, C_group, H1]
 
   def per_member(x):
     return jnp.broadcast_to(x, (num_members,) + x.shape)
@@ -289,7 +289,7 @@ def label_image(feature_maps, params, batch_stats, layout: features_lib.FeatureL
         rows = jax.lax.dynamic_slice_in_dim(maps, start, plan.span, axis=0)
         # Member-major from here on, as the head reads it: [M, s, w, H1]. The rows are
         # copied per member, which costs less than transposing a pixel-major projection.
-        projection = jnp.einsum('mswc,mck->mswk', per_member(rows), weight.astype(rows.dtype),
+        projection = jnp.einsum('mswc,mck->mswk', per_member(rows), weight,
                                 preferred_element_type=jnp.float32)
       if plan.rows is not None:
         projection = jnp.einsum('mrs,mswk->mrwk', per_member(jnp.asarray(plan.rows)[chunk]),
