@@ -102,15 +102,18 @@ def import_torchvision():
 
 
 def golden_path(name: str, required: str = '') -> str:
-  """tests/data/<name> if shipped, else ../shared/golden/<name>; skips when neither, or
-  fails when `required` (why no other test covers what this golden checks)."""
+  """tests/data/<name> if shipped, else ../shared/golden/<name>. When neither has it the
+  test fails under CI (environment CI=true, as .ci/run sets) or when `required` (why no
+  other test covers what this golden checks), and is skipped otherwise."""
   for folder in (DATA_DIR, SHARED_GOLDEN):
     path = os.path.join(folder, name)
     if os.path.exists(path):
       return path
-  message = f'{name} not available (neither tests/data nor ../shared/golden)'
+  message = f'{name} not available (neither tests/data nor {SHARED_GOLDEN})'
   if required:
     pytest.fail(f'{message}: {required}')
+  if os.environ.get('CI', '').lower() in ('true', '1'):
+    pytest.fail(f'{message}: CI runs every golden comparison (CI=true)')
   pytest.skip(message)
 
 
