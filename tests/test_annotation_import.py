@@ -2,6 +2,7 @@
 the tool's documented format, imports to the masks the test rasterises on its own; every
 refusal is one line and leaves the folder as it was."""
 
+import fractions
 import hashlib
 import json
 import os
@@ -14,12 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 from pycocotools import mask as coco_mask
-from skimage import draw
 
 import conftest
 from dgan_jax.annotations import export
 from dgan_jax.annotations import importer
 from dgan_jax.annotations import labels as labels_lib
+from dgan_jax.annotations import raster
 from dgan_jax.data import annotations
 from dgan_jax.errors import InputError
 
@@ -29,13 +30,28 @@ PALETTE = (255, 255, 255, 200, 30, 30, 20, 20, 20, 40, 90, 220)
 LABELS = labels_lib.LabelSet(NAMES, PALETTE, {'tyre': 'wheel'})
 
 
-def centre_rule(points) -> np.ndarray:
-  """[HEIGHT, WIDTH] bool: pixels whose centre lies inside the polygon, by skimage at
-  pixel-centre coordinates (the tools' continuous coordinates, shifted half a pixel)."""
-  points = np.asarray(points, float)
-  out = np.zeros((HEIGHT, WIDTH), bool)
-  rows, cols = draw.polygon(points[:, 1] - 0.5, points[:, 0] - 0.5, (HEIGHT, WIDTH))
-  out[rows, cols] = True
+def centre_rule(points, height=HEIGHT, width=WIDTH) -> np.ndarray:
+  """[height, width] bool: pixel (r, c) is the polygon's when its centre (c + 0.5, r + 0.5)
+  lies inside it or on its outline (the closed polygon), decided in exact rational
+  arithmetic on the points' float values: on an edge when the cross product is zero
+  within the edge's box, inside by the even-odd rule (a ray to +x crossing edges whose
+  ends lie on either side of the centre's row, an end on the row counted above it)."""
+  corners = [(fractions.Fraction(float(x)), fractions.Fraction(float(y)))
+             for x, y in np.asarray(points, float).reshape(-1, 2)]
+  out = np.zeros((height, width), bool)
+  for r in range(height):
+    py = fractions.Fraction(2 * r + 1, 2)
+    for c in range(width):
+      px = fractions.Fraction(2 * c + 1, 2)
+      inside = False
+      for (x0, y0), (x1, y1) in zip(corners[-1:] + corners[:-1], corners):
+        if ((x1 - x0) * (py - y0) == (y1 - y0) * (px - x0) and min(x0, x1) <= px <= max(x0, x1)
+            and min(y0, y1) <= py <= max(y0, y1)):
+          inside = True    # on the outline
+          break
+        if (y0 > py) != (y1 > py) and px < x0 + (py - y0) * (x1 - x0) / (y1 - y0):
+          inside = not inside
+      out[r, c] = inside
   return out
 
 
@@ -51,6 +67,47 @@ def box(x0, y0, x1, y1) -> np.ndarray:
   out = np.zeros((HEIGHT, WIDTH), bool)
   out[y0:y1, x0:x1] = True
   return out
+
+
+def test_polygon_pixels_by_construction():
+  """The rasteriser on shapes whose pixels are known without rasterising: pixel (r, c) is
+  the square [c, c+1) x [r, r+1), covered when its centre is inside the polygon or on its
+  outline; a centre a hair outside is not covered."""
+  rows, cols = np.mgrid[:HEIGHT, :WIDTH]
+
+  def coverage(points):
+    return raster.coverage(raster.Polygon(1, np.asarray(points, np.float64)), HEIGHT, WIDTH)
+
+  cases = {
+      # Integer corners: centres 10.5 .. 19.5 and 4.5 .. 11.5, none on the outline.
+      'integer rectangle': ([(10, 4), (20, 4), (20, 12), (10, 12)], box(10, 4, 20, 12)),
+      # Corners on pixel centres: the outline runs through the centres of columns 2 and 7
+      # and rows 3 and 9, which are covered.
+      'rectangle through centres': ([(2.5, 3.5), (7.5, 3.5), (7.5, 9.5), (2.5, 9.5)],
+                                    box(2, 3, 8, 10)),
+      # A hair (2**-20 px) inside on the left: column 2's centres are outside.
+      'rectangle a hair inside': ([(2.5 + 2 ** -20, 3.5), (7.5, 3.5), (7.5, 9.5),
+                                   (2.5 + 2 ** -20, 9.5)], box(3, 3, 8, 10)),
+      # Legs and hypotenuse through centres: (c + 0.5) + (r + 0.5) <= 10.
+      'right triangle through centres': ([(0.5, 0.5), (9.5, 0.5), (0.5, 9.5)],
+                                         (rows + cols <= 9)),
+      # Integer corners (1, 1), (13, 1), (1, 13): centres with x, y > 1 and x + y <= 14,
+      # the hypotenuse's 12 centres (c + r == 13) included.
+      'right triangle on the grid': ([(1, 1), (13, 1), (1, 13)],
+                                     (rows >= 1) & (cols >= 1) & (rows + cols <= 13)),
+      # Drawn the other way round (clockwise on screen) and from another first corner.
+      'reversed and rotated': ([(1, 13), (13, 1), (1, 1)],
+                               (rows >= 1) & (cols >= 1) & (rows + cols <= 13)),
+      # A U: two 3-wide prongs (columns 20..22 and 27..29) over a base (rows 16..21).
+      'non-convex U': ([(20, 22), (30, 22), (30, 6), (27, 6), (27, 16), (23, 16), (23, 6),
+                        (20, 6)],
+                       box(20, 16, 30, 22) | box(20, 6, 23, 16) | box(27, 6, 30, 16)),
+  }
+  for name, (points, expected) in cases.items():
+    assert np.array_equal(coverage(points), expected), name
+    assert np.array_equal(centre_rule(points), expected), name   # the tests' own rule
+  assert int(cases['right triangle on the grid'][1].sum()) == 78   # 12 + 11 + ... + 1
+  assert not coverage([(0, 0), (5, 5), (9, 9)]).any()   # no area: no pixel
 
 
 @pytest.fixture
