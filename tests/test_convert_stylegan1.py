@@ -11,8 +11,14 @@ from conftest import golden_path, rebuild_stylegan1_state_dict, relative_error, 
 from convert_weights import __main__ as convert_cli
 from dgan_jax import generators
 from dgan_jax.generators import style
+from test_stylegan1 import PARITY_BOUNDS
 
-TOLERANCE = 1e-3
+# The golden file's row of the README's StyleGAN (v1) table, through each format.
+BOUND = PARITY_BOUNDS['stylegan1_r64_seed0.npz']
+# NVIDIA's TF code normalises with epsilon 1e-8, DatasetGAN's port (the golden) with 1e-5:
+# the image differs by that, measured 4.1e-05 of its range (feature3 2.3e-05), not by
+# float error. 10x that.
+TF_EPSILON_BOUND = 4e-4
 
 
 @pytest.fixture(scope='module')
@@ -41,10 +47,10 @@ def test_pt_with_dataparallel_prefix_round_trip(tmp_path, golden, state_dict, ca
   g = generators.load(str(dst))
   assert (g.resolution, g.num_ws) == (64, 10)
   w = g.truncate(g.map(golden['z']))
-  assert relative_error(w, golden['w_truncated']) < TOLERANCE
+  assert relative_error(w, golden['w_truncated']) < BOUND['w_truncated']
   noise = [golden[f'noise{j}'] for j in range(10)]
   image, _ = g.synthesize(golden['w_truncated'], noise=noise)
-  assert relative_error(np.asarray(image).transpose(0, 3, 1, 2), golden['image']) < TOLERANCE
+  assert relative_error(np.asarray(image).transpose(0, 3, 1, 2), golden['image']) < BOUND['image']
   # The .pt file has no noise: the converter stores N(0,1) from RandomState(0), so
   # the default noise='const' is deterministic and equals that draw.
   const_image, _ = g.synthesize(golden['w_truncated'])
@@ -99,12 +105,13 @@ def test_tf_pickle(tmp_path, golden, state_dict, fake_dnnlib):
   assert convert_cli.main(['stylegan1', str(src), str(dst)]) == 0
   g = generators.load(str(dst))
   assert g.arch.instance_norm_eps == 1e-8  # NVIDIA's own epsilon
-  assert relative_error(g.map(golden['z']), golden['w']) < TOLERANCE
+  assert relative_error(g.map(golden['z']), golden['w']) < BOUND['w']
   # The pickle's noise0.. become the constant noise.
   image, features = g.synthesize(golden['w_truncated'][:1])
-  assert relative_error(np.asarray(image).transpose(0, 3, 1, 2), golden['image'][:1]) < TOLERANCE
+  assert relative_error(np.asarray(image).transpose(0, 3, 1, 2),
+                        golden['image'][:1]) < TF_EPSILON_BOUND
   assert relative_error(np.asarray(features[3]).transpose(0, 3, 1, 2),
-                        golden['feature3'][:1]) < TOLERANCE
+                        golden['feature3'][:1]) < TF_EPSILON_BOUND
   # Gs's dlatent_avg [512] is the truncation average.
   w = np.asarray(g.map(golden['z']))
   expected = w.copy()

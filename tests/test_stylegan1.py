@@ -16,7 +16,17 @@ from dgan_jax.generators import stylegan1
 # ../shared/golden only, and its absence fails rather than skips.
 GOLDEN = [('stylegan1_r64_seed0.npz', 0, ''),
           ('stylegan1_r256_seed1.npz', 1, 'the only golden of the fused upscale path')]
-TOLERANCE = 1e-3
+# Max |ours - reference| / (reference max - min) per array: 10x the README's figures
+# (Correctness, the StyleGAN (v1) table: w, w truncated, image, worst feature map), or 10x
+# this CPU's measurement where that is smaller (in brackets).
+PARITY_BOUNDS = {
+    # README 6.0e-08, 1.1e-07, 1.5e-06, 2.2e-06 [measured 6.0e-08, 1.1e-07, 1.6e-06, 2.0e-06]
+    'stylegan1_r64_seed0.npz': {'w': 6e-7, 'w_truncated': 1.1e-6, 'image': 1.5e-5,
+                                'features': 2.1e-5},
+    # README 6.3e-08, 1.1e-07, 2.9e-06, 2.3e-06 [measured 6.3e-08, 1.1e-07, 3.4e-06, 3.2e-06]
+    'stylegan1_r256_seed1.npz': {'w': 6.3e-7, 'w_truncated': 1.1e-6, 'image': 2.9e-5,
+                                 'features': 2.3e-5},
+}
 
 
 def generator_from_golden(golden, seed, dtype=jnp.float32):
@@ -32,21 +42,23 @@ def golden_noise(golden, num_ws):
 
 @pytest.mark.parametrize('name,seed,required', GOLDEN)
 def test_matches_reference_port(name, seed, required):
+  """README, Correctness: the StyleGAN (v1) table's row for this golden file."""
+  bound = PARITY_BOUNDS[name]
   golden = np.load(golden_path(name, required))
   g = generator_from_golden(golden, seed)
   assert g.resolution == golden['image'].shape[-1]
   w = g.map(golden['z'])
-  assert relative_error(w, golden['w']) < TOLERANCE
+  assert relative_error(w, golden['w']) < bound['w']
   w_truncated = g.truncate(w, psi=0.7, cutoff=8)
-  assert relative_error(w_truncated, golden['w_truncated']) < TOLERANCE
+  assert relative_error(w_truncated, golden['w_truncated']) < bound['w_truncated']
   image, features = g.synthesize(golden['w_truncated'], noise=golden_noise(golden, g.num_ws))
   assert image.shape == (2, g.resolution, g.resolution, 3)
-  assert relative_error(np.asarray(image).transpose(0, 3, 1, 2), golden['image']) < TOLERANCE
+  assert relative_error(np.asarray(image).transpose(0, 3, 1, 2), golden['image']) < bound['image']
   assert len(features) == int(str(golden['meta']).split("'n_features': ")[1].split('}')[0])
   for i, feature in enumerate(features):
     assert tuple(golden[f'feature{i}_shape']) == (
         feature.shape[0], feature.shape[3], feature.shape[1], feature.shape[2])
-    assert relative_error(as_golden_grid(feature), golden[f'feature{i}']) < TOLERANCE, i
+    assert relative_error(as_golden_grid(feature), golden[f'feature{i}']) < bound['features'], i
 
 
 def test_car_feature_channels_total_5056():
