@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+import bounds
 from configs import test_sg2
 from conftest import relative_error, run_main, tf_network
 from stylegan2_formats import (ada_init_kwargs, ada_record, load_golden, write_ada_pickle,
@@ -24,7 +25,20 @@ from convert_weights import stylegan2 as convert_stylegan2
 from dgan_jax import generators
 from dgan_jax.generators import base, stylegan2
 
-BOUND = 1e-3   # of each array's range
+# Max |ours - reference| / (reference max - min) per array: 10x the README's StyleGAN2
+# parity table (w, w truncated, image, worst b{r}.conv* map), or 10x this CPU's
+# measurement where that is smaller (in brackets).
+PARITY_BOUNDS = {
+    # README 2.4e-08, 7.8e-08, 2.9e-07, 7.0e-07 [measured 2.4e-08, 7.8e-08, 2.9e-07, 6.5e-07]
+    'stylegan2ada_r32_seed0': {'w': 2.4e-7, 'w_truncated': 7.8e-7, 'image': 2.9e-6,
+                               'features': 6.5e-6},
+    # README 8.0e-09, 7.6e-08, 4.2e-07, 1.1e-06 [measured 8.0e-09, 7.6e-08, 3.2e-07, 9.9e-07]
+    'stylegan2ada_r64_seed1': {'w': 8e-8, 'w_truncated': 7.6e-7, 'image': 3.3e-6,
+                               'features': 9.9e-6},
+    # README 6.4e-08, 6.4e-08, 2.9e-07, 7.2e-07 [measured 6.4e-08, 6.4e-08, 2.9e-07, 5.4e-07]
+    'rosinality_r32_seed0': {'w': 6.4e-7, 'w_truncated': 6.4e-7, 'image': 2.9e-6,
+                             'features': 5.5e-6},
+}
 
 
 ADA = ['stylegan2ada_r32_seed0', 'stylegan2ada_r64_seed1']
@@ -36,19 +50,21 @@ ADA = ['stylegan2ada_r32_seed0', 'stylegan2ada_r64_seed1']
 # ----------------------------------------------------------------------------------------
 # Parity with the official outputs.
 
-def assert_matches_golden(g, golden, cutoff=8):
+def assert_matches_golden(g, golden, bound, cutoff=8):
+  """bound: the golden file's PARITY_BOUNDS (README, the StyleGAN2 parity table)."""
   w = golden['w'] if golden['w'].ndim == 2 else golden['w'][:, 0]   # rosinality: [B, D]
-  assert relative_error(g.map(golden['z'])[:, 0], w) < BOUND
+  assert relative_error(g.map(golden['z'])[:, 0], w) < bound['w']
   w_truncated = g.truncate(g.map(golden['z']), 0.7, cutoff)
-  assert relative_error(w_truncated, golden['w_truncated']) < BOUND
+  assert relative_error(w_truncated, golden['w_truncated']) < bound['w_truncated']
   image, maps = g.synthesize(golden['w_truncated'], noise='const')
-  assert relative_error(np.asarray(image).transpose(0, 3, 1, 2), golden['image']) < BOUND
+  assert relative_error(np.asarray(image).transpose(0, 3, 1, 2), golden['image']) < bound['image']
   return maps
 
 
 @pytest.mark.parametrize('name', ADA)
 @pytest.mark.parametrize('fmt', ['ada', 'tf'])
 def test_pickle_parity(tmp_path, name, fmt, fake_dnnlib):
+  """README, the StyleGAN2 parity table: the row of this golden file (both formats)."""
   meta, sd, golden = load_golden(name)
   src = tmp_path / f'{name}.pkl'
   if fmt == 'ada':
@@ -59,13 +75,14 @@ def test_pickle_parity(tmp_path, name, fmt, fake_dnnlib):
   g = generators.load(str(tmp_path / 'g'))
   assert g.arch.conv_clamp == meta['conv_clamp']
   assert g.arch.channel_base == meta['channel_base'] and not g.arch.channels
-  maps = assert_matches_golden(g, golden)
+  maps = assert_matches_golden(g, golden, PARITY_BOUNDS[name])
   expected_names = [k[len('feature/'):] for k in golden
                     if k.startswith('feature/') and '.conv' in k]
   assert g.feature_names == expected_names
   for spec, fmap in zip(g.feature_specs, maps):
     reference = golden[f'feature/{spec.name}']
-    assert relative_error(np.asarray(fmap).transpose(0, 3, 1, 2), reference) < BOUND, spec.name
+    assert relative_error(np.asarray(fmap).transpose(0, 3, 1, 2),
+                          reference) < PARITY_BOUNDS[name]['features'], spec.name
     assert (spec.channels, spec.height) == reference.shape[1:3]
   if meta['conv_clamp'] is not None:   # the clamp is reached, so it is exercised
     assert max(float(np.abs(golden[f'feature/{n}']).max()) for n in expected_names) == \
@@ -79,6 +96,8 @@ def rosinality_state_dict():
 
 @pytest.mark.parametrize('layout', ['converted', 'training'])
 def test_rosinality_parity(tmp_path, layout):
+  """README, the StyleGAN2 parity table's rosinality row ("the golden outputs match to
+  1e-6" under Converting checkpoints)."""
   meta, sd, golden = rosinality_state_dict()
   latent_avg = torch.from_numpy(golden['latent_avg'])
   if layout == 'converted':
@@ -96,11 +115,12 @@ def test_rosinality_parity(tmp_path, layout):
   g = generators.load(str(tmp_path / 'g'))
   assert [g.arch.channels_at(r) for r in (4, 8, 16, 32)] == [meta['channels'][r] for r in
                                                              (4, 8, 16, 32)]
-  maps = assert_matches_golden(g, golden, cutoff=g.num_ws)   # no cutoff there
+  bound = PARITY_BOUNDS['rosinality_r32_seed0']
+  maps = assert_matches_golden(g, golden, bound, cutoff=g.num_ws)   # no cutoff there
   names = ['conv1'] + [f'convs.{k}' for k in range(6)]
   for name, fmap in zip(names, maps, strict=True):
     assert relative_error(np.asarray(fmap).transpose(0, 3, 1, 2),
-                          golden[f'feature/{name}']) < BOUND, name
+                          golden[f'feature/{name}']) < bound['features'], name
 
 
 # ----------------------------------------------------------------------------------------
@@ -138,7 +158,7 @@ def test_persistent_source_is_never_executed(tmp_path, fake_dnnlib):
     assert evil_source.encode() in f.read()   # the source is really stored in the file
   convert_stylegan2.convert(str(src), str(tmp_path / 'g'))
   assert not marker.exists()
-  assert_matches_golden(generators.load(str(tmp_path / 'g')), golden)
+  assert_matches_golden(generators.load(str(tmp_path / 'g')), golden, PARITY_BOUNDS[ADA[0]])
 
 
 def test_persistent_object_that_is_not_a_class_record(tmp_path, fake_dnnlib, capsys):
@@ -243,7 +263,9 @@ def test_conditional_mapping_matches_a_hand_computation():
 def test_every_stage_runs_on_the_tiny_config(tmp_path):
   """configs/test_sg2.py through all stages (CLI). Independent checks: the interpreter reads
   NVIDIA's channel rule min(256 // r, 32) over b4.conv1 .. b32.conv1, and the sample
-  stage's images are what the library API draws from the stored latents."""
+  stage's images are what the library API draws from the stored latents, within one level
+  (the stage's compiled batches of config.sample.batch_size and this one call of the API
+  are two programs: on an AVX-512 EPYC one pixel differed by one level)."""
   workdir = tmp_path / 'work'
   result = run_main('--config=configs/test_sg2.py', f'--workdir={workdir}')
   assert result.returncode == 0, result.stderr[-3000:]
@@ -261,5 +283,5 @@ def test_every_stage_runs_on_the_tiny_config(tmp_path):
   expected = np.clip(np.floor(np.asarray(image) * 127.5 + 128), 0, 255).astype(np.uint8)
   top, bottom = config.data.crop_rows
   for i in range(len(z)):
-    np.testing.assert_array_equal(np.asarray(Image.open(workdir / 'annotate' / f'image_{i}.png')),
-                                  expected[i, top:bottom])
+    bounds.assert_images_within_one_level(
+        np.asarray(Image.open(workdir / 'annotate' / f'image_{i}.png')), expected[i, top:bottom])
