@@ -1,6 +1,7 @@
 """The generate step against a direct computation; determinism; the TFDS dataset."""
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -22,7 +23,6 @@ from dgan_jax import generators
 from dgan_jax import interpreter
 from dgan_jax import latents
 from dgan_jax import stages
-from dgan_jax import uncertainty
 from dgan_jax.data import images as image_utils
 
 
@@ -50,18 +50,50 @@ def _labeler(arch, params, stats):
   return interpreter.Labeler(arch, variables={'params': params, 'batch_stats': stats})
 
 
+def _np_majority_vote(member_logits: np.ndarray) -> np.ndarray:
+  """[M, P, C] -> [P]: each member votes for its argmax class; the most voted class wins,
+  ties to the smallest id (DatasetGAN's scipy.stats.mode over the members)."""
+  num_classes = member_logits.shape[-1]
+  member_labels = np.argmax(member_logits, -1)
+  votes = np.stack([(member_labels == c).sum(0) for c in range(num_classes)], -1)
+  return np.argmax(votes, -1)    # numpy's argmax: the first of equal counts
+
+
+def _np_entropy(p: np.ndarray) -> np.ndarray:
+  """[..., C] probabilities -> [...] -sum p log p (nats), 0 log 0 = 0."""
+  return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), -1)
+
+
+def _np_js_divergence(member_logits: np.ndarray) -> np.ndarray:
+  """[M, P, C] -> [P]: the members' probabilities' Jensen-Shannon divergence, the entropy of
+  their mean minus the mean of their entropies, in float64."""
+  logits = member_logits.astype(np.float64)
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  return _np_entropy(p.mean(0)) - _np_entropy(p).mean(0)
+
+
+def _np_image_scores(pixel_js: np.ndarray, top_fraction: float) -> np.ndarray:
+  """[B, H, W] -> [B]: the mean of each image's floor(top_fraction * H * W) largest pixel
+  values, at least one (DatasetGAN: js.sort()[0][-int(N / 10):].mean())."""
+  flat = pixel_js.reshape(len(pixel_js), -1)
+  k = max(1, math.floor(top_fraction * flat.shape[1]))
+  return np.sort(flat, -1)[:, -k:].mean(-1)
+
+
 def _direct(g, config, layout, params, stats, z):
-  """The original's way: upsample every map to full size, concatenate, run each member."""
+  """The original's way: upsample every map to full size, concatenate, run each member;
+  vote, JS divergence and image score recomputed in numpy from their definitions."""
   w = g.truncate(g.map(z), config.generator.truncation_psi, config.generator.truncation_cutoff)
   image, maps = g.synthesize(w, noise=config.generator.noise)
   full = jnp.concatenate([features_lib.upsample(m, t) for m, t in
                           zip(features_lib.keep_rows(maps, layout), layout.tables())], -1)
   b, h, w_, d = full.shape
-  member_logits = interpreter.logits(params, stats, full.reshape(-1, d))
-  label = uncertainty.majority_vote(jnp.argmax(member_logits, -1), member_logits.shape[-1])
-  js = uncertainty.js_divergence(jax.nn.softmax(member_logits, -1)).reshape(b, h, w_)
-  return (np.asarray(image), np.asarray(label).reshape(b, h, w_),
-          np.asarray(uncertainty.image_scores(js, config.generate.top_fraction)))
+  member_logits = np.asarray(interpreter.logits(params, stats, full.reshape(-1, d)))
+  label = _np_majority_vote(member_logits)
+  js = _np_js_divergence(member_logits).reshape(b, h, w_)
+  return (np.asarray(image), label.reshape(b, h, w_),
+          _np_image_scores(js, config.generate.top_fraction))
 
 
 @pytest.mark.parametrize('feature_size,crop_rows,chunk_rows', [
