@@ -4,6 +4,7 @@ tiny sizes): encoder latents, codebook indices, decoder image and per-level maps
 import numpy as np
 import pytest
 
+import bounds
 import conftest
 from dgan_jax.generators import vqgan
 from dgan_jax.generators.checkpoint import flatten, unflatten
@@ -20,6 +21,12 @@ DDCONFIG = dict(ch=ARCH.ch, out_ch=ARCH.out_ch, ch_mult=ARCH.ch_mult,
                 num_res_blocks=ARCH.num_res_blocks, attn_resolutions=ARCH.attn_resolutions,
                 dropout=0.0, in_channels=ARCH.in_channels, resolution=ARCH.resolution,
                 z_channels=ARCH.z_channels, double_z=False)
+# Max |ours - taming| / (taming's max - min): 10x the README's figures (Correctness, VQGAN:
+# latents 1.0e-06, image 1.9e-06, worst decoder map 1.9e-06), or 10x this CPU's
+# measurement where smaller (latents 9.1e-07, image 1.4e-06, worst map 1.3e-06). The
+# squared distances to the codebook are not quoted: measured 1.1e-06, bound 10x; 127 of the
+# 128 positions' nearest codes are nearer than the second by more than twice that.
+PARITY_BOUNDS = {'latents': 1e-5, 'image': 1.4e-5, 'features': 1.4e-5, 'distances': 1.2e-5}
 
 
 @pytest.fixture(scope='module')
@@ -69,6 +76,9 @@ def test_param_shapes_are_taming_state_dict(reference):
 
 
 def test_encoder_quantizer_decoder_match_taming(reference):
+  """README, Correctness, VQGAN: latents, image and worst decoder map within 10x the quoted
+  figures; code indices equal wherever taming's nearest code is nearer than the second by
+  more than twice the distances' bound (nearly everywhere)."""
   modules, params = reference
   rng = np.random.RandomState(1)
   images = rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
@@ -92,19 +102,30 @@ def test_encoder_quantizer_decoder_match_taming(reference):
 
   latents = vqgan.encode(params, ARCH, images)
   assert latents.shape == (2, 8, 8, ARCH.embed_dim)
-  assert conftest.relative_error(latents, _nhwc(h)) < 1e-4
+  assert conftest.relative_error(latents, _nhwc(h)) < PARITY_BOUNDS['latents']
   ours_indices, codes = vqgan.quantize(params, latents)
-  np.testing.assert_array_equal(np.asarray(ours_indices).reshape(-1),
-                                indices.numpy().reshape(-1))
-  np.testing.assert_allclose(codes, _nhwc(z_q), rtol=0, atol=1e-6)
-  np.testing.assert_allclose(
-      vqgan.codebook_entries(params, ours_indices),
+  codebook = np.asarray(params['quantize']['embedding']['weight'], np.float64)
+  distances = lambda z: ((np.asarray(z, np.float64).reshape(-1, 1, ARCH.embed_dim)
+                          - codebook) ** 2).sum(-1)                   # [B * 8 * 8, n_embed]
+  reference_distances = distances(_nhwc(h))
+  assert conftest.relative_error(distances(latents), reference_distances) < \
+      PARITY_BOUNDS['distances']
+  margin = 2 * PARITY_BOUNDS['distances'] * np.ptp(reference_distances)
+  bounds.assert_equal_where_decided(np.asarray(ours_indices).reshape(-1),
+                                    indices.numpy().reshape(-1), -reference_distances, margin)
+  same = np.asarray(ours_indices).reshape(-1) == indices.numpy().reshape(-1)
+  np.testing.assert_allclose(np.asarray(codes).reshape(-1, ARCH.embed_dim)[same],
+                             _nhwc(z_q).reshape(-1, ARCH.embed_dim)[same], rtol=0, atol=1e-6)
+  taming_indices = indices.numpy().reshape(2, 8, 8)
+  np.testing.assert_array_equal(   # a table lookup: the stored floats themselves
+      vqgan.codebook_entries(params, taming_indices),
       _nhwc(modules['quantize'].get_codebook_entry(indices.reshape(-1),
-                                                   (2, 8, 8, ARCH.embed_dim))), atol=0)
+                                                   (2, 8, 8, ARCH.embed_dim))))
 
-  image, maps = vqgan.decode(params, ARCH, codes)
+  # The decoder from taming's codes (an index may differ at a near tie).
+  image, maps = vqgan.decode(params, ARCH, _nhwc(z_q))
   assert [(m.shape[1], m.shape[3]) for m in maps] == [(r, c) for _, r, c in ARCH.feature_maps]
-  assert conftest.relative_error(image, torch_image) < 1e-4
+  assert conftest.relative_error(image, torch_image) < PARITY_BOUNDS['image']
   for ours, theirs in zip(maps, torch_maps, strict=True):
-    assert conftest.relative_error(ours, theirs) < 1e-4
+    assert conftest.relative_error(ours, theirs) < PARITY_BOUNDS['features']
   assert np.std(np.asarray(image)) > 0.05   # weights that do something
