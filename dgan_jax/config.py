@@ -185,6 +185,20 @@ def base() -> ml_collections.ConfigDict:
   config.vqgan.top_k = 600
   config.vqgan.greedy = False
 
+  # A DDPM (guided-diffusion's UNet; dgan_jax/generators/ddpm.py). Features as
+  # ddpm-segmentation takes them: the image noised to each step t of `steps` with one
+  # shared noise, the outputs of the UNet's decoder blocks `blocks`. Samples (sample and
+  # generate stages, DatasetDDPM): the reverse process, sampler 'ddpm' (ancestral) or
+  # 'ddim' (with eta), over timestep_respacing's steps (guided-diffusion's strings: ''
+  # every step, '100', 'ddim50', '10,20,30'), x_0 predictions clipped with clip_denoised.
+  config.ddpm = ml_collections.ConfigDict()
+  config.ddpm.steps = (50, 150, 250)
+  config.ddpm.blocks = (5, 6, 7, 8, 12)
+  config.ddpm.sampler = 'ddpm'
+  config.ddpm.timestep_respacing = ''
+  config.ddpm.eta = 0.0
+  config.ddpm.clip_denoised = True
+
   # The built-in toy domain (dgan_jax/toy/): rendered side-view cars with exact part masks.
   # The `annotate` stage renders a held-out test set (the evaluate stage's default
   # test_dir) and train_images image-mask pairs, trains the fully supervised segmenter on
@@ -252,6 +266,7 @@ _FIELD_RULES = {
     'generate.top_fraction': (lambda v: 0 < v <= 1, 'in (0, 1]'),
     'generator.truncation_psi': (lambda v: math.isfinite(v), 'a finite number'),
     'evaluate.num_folds': (lambda v: v >= 2, 'at least 2'),
+    'ddpm.eta': (lambda v: v >= 0, 'at least 0'),
 }
 _CHOICES = {
     'generator.noise': ('const', 'zero', 'per_sample'),
@@ -261,6 +276,7 @@ _CHOICES = {
     'interpreter.parallel': ('auto', 'batch', 'members'),
     'downstream.dtype': ('float32', 'bfloat16'),
     'downstream.label_mode': ('labels', 'binary', 'class'),
+    'ddpm.sampler': ('ddpm', 'ddim'),
 }
 # Paths a user gives; main.resolve_paths makes them absolute (relative to the current
 # directory) once, where they enter.
