@@ -10,6 +10,12 @@ SRC: BigGAN-PyTorch's generator state dict (BigDatasetGAN's `biggan-512.pth`), o
 pytorch-pretrained-biggan BigGAN-deep `pytorch_model.bin` (or its directory, with
 `config.json`). The layout is detected from the keys; spectral norm is folded.
 
+python -m convert_weights ddpm SRC DST --flags "--image_size 256 --num_channels 256 ..."
+
+SRC: an openai guided-diffusion UNet state dict (lsun_bedroom.pt, ffhq.pt, ...; float16 or
+float32). --flags: the MODEL_FLAGS it was trained with, or a JSON object (inline or a .json
+file) of the same keys; every key and shape is checked against them.
+
 python -m convert_weights interpreter SRC DST
 
 SRC: a folder of DatasetGAN's trained interpreter members `model_{i}.pth` (or a
