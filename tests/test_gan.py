@@ -209,13 +209,37 @@ def test_ema_after_one_and_two_steps():
   assert _max_abs(state0['g_ema'], state0['g']) == 0
 
 
-def test_ema_beta_of_the_tiny_config():
-  # Step 1 of `tiny`: half-life min(5000, 8 * 0.05) = 0.4 images, beta 2^-20.
-  config = toy_gan.get_config('tiny')
-  images_shown = config.batch_size
-  half_life = min(config.ema_kimg * 1000, images_shown * config.ema_rampup)
-  assert half_life == pytest.approx(0.4)
-  assert 0.5 ** (config.batch_size / half_life) == pytest.approx(2.0 ** -20)
+def test_ema_beta_of_the_tiny_config(tmp_path):
+  """The trainer (train.train) on the tiny config (at 8 px and with R1 every step, so one
+  compiled step), one step, then resumed for a second: the EMA moves from the first step's EMA toward the second
+  step's generator by the beta computed here from the config. StyleGAN2-ADA's rule,
+  half-life = min(ema_kimg * 1000, images shown * ema_rampup), beta = 0.5 ** (batch /
+  half-life), with the images shown counted after the step (ADA counts them before it,
+  so its betas come one step later)."""
+  batch = toy_gan.get_config('tiny').batch_size
+  config = _small_config(total_kimg=batch / 1000, r1_every=1)
+  betas = [0.5 ** (batch / min(config.ema_kimg * 1000, step * batch * config.ema_rampup))
+           for step in (1, 2)]
+  assert betas == pytest.approx([2.0 ** -20, 2.0 ** -10])   # half-lives 0.4 and 0.8 images
+  workdir = str(tmp_path / 'run')
+  one = jax.device_get(train.train(config, workdir))
+  two = jax.device_get(train.train(_small_config(total_kimg=2 * batch / 1000, r1_every=1),
+                                    workdir))
+  assert int(one['step']) == 1 and int(two['step']) == 2   # the second run resumed
+  leaves = lambda tree: np.concatenate([np.ravel(a) for a in jax.tree.leaves(tree)])
+  ema1, ema2, g2 = leaves(one['g_ema']), leaves(two['g_ema']), leaves(two['g'])
+  # ema2 - g2 = beta (ema1 - g2), where that step is well above float32's spacing at g2
+  # (smaller steps round away); beta by least squares over those weights.
+  moved = ema1.astype(np.float64) - g2
+  left = ema2.astype(np.float64) - g2
+  resolved = np.abs(moved) * betas[1] > 100 * np.spacing(np.abs(g2))
+  assert resolved.sum() > 100
+  fitted = float(moved[resolved] @ left[resolved] / (moved[resolved] @ moved[resolved]))
+  assert fitted == pytest.approx(betas[1], rel=0.01), (fitted, betas[1])
+  # Step 1's beta (2^-20) leaves the EMA at the generator, to float32 rounding.
+  g0 = leaves(train.initial_state(config, *train.architectures(config), optax.adam(0.1))['g'])
+  g1 = leaves(one['g'])
+  assert np.abs(leaves(one['g_ema']) - g1).max() <= 1e-6 < np.abs(g1 - g0).max()
 
 
 def test_real_batch_is_drawn_from_seed_and_step():
