@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import relative_error
 from dgan_jax import generators
 from dgan_jax.bigdatasetgan import head as head_lib
 from dgan_jax.bigdatasetgan import train as train_lib
@@ -206,11 +207,12 @@ def nchw(x) -> 'torch.Tensor':
   return torch.from_numpy(np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 3, 1, 2)))
 
 
-def relative_error(actual, expected) -> float:
-  actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-  assert actual.shape == expected.shape, (actual.shape, expected.shape)
-  return float(np.abs(actual - expected).max() / (np.abs(expected).max() + 1e-12))
 
+
+# Max |ours - torch| / (torch's max - min) of the head's logits, 10x this CPU's
+# measurements: evaluation 6.3e-07 (README: "to 2e-6 (evaluation; measured 1.0e-6 of the
+# range)"), training mode 5.4e-07, the converted release checkpoint 4.9e-07.
+EVAL_BOUND, TRAIN_BOUND, RELEASE_BOUND = 6.4e-6, 5.4e-6, 5e-6
 
 # A BigGAN-512-like feature list scaled down 8x: 1, 2, 4 | 8, 8 (attention), 16 | 32, 64.
 SMALL_ARCH = head_lib.HeadArch(
@@ -276,8 +278,9 @@ def test_head_evaluation_matches_torch():
   for member, module in enumerate(modules):
     with torch.no_grad():
       expected = module([nchw(m) for m in maps], torch.from_numpy(cond))
-    # README: 2e-6 of the range in evaluation (measured 1.0e-6).
-    assert relative_error(np.asarray(logits[member]).transpose(0, 3, 1, 2), _np(expected)) < 2e-6
+    # README, the head: "matches a PyTorch module ... to 2e-6 (evaluation ...)".
+    assert relative_error(np.asarray(logits[member]).transpose(0, 3, 1, 2),
+                          _np(expected)) < EVAL_BOUND
   # Evaluation leaves the power-iteration vectors and statistics alone.
   jax.tree.map(np.testing.assert_array_equal, new['sn'], variables['sn'])
   jax.tree.map(np.testing.assert_array_equal, new['batch_stats'], variables['batch_stats'])
@@ -304,7 +307,7 @@ def test_head_training_mode_and_gradients_match_torch():
   out = module([nchw(m) for m in maps], torch.from_numpy(cond))
   torch_loss = F.binary_cross_entropy_with_logits(out[:, 0], torch.from_numpy(target))
   torch_loss.backward()
-  assert relative_error(np.asarray(logits[0]).transpose(0, 3, 1, 2), _np(out)) < 2e-5
+  assert relative_error(np.asarray(logits[0]).transpose(0, 3, 1, 2), _np(out)) < TRAIN_BOUND
   np.testing.assert_allclose(float(loss), torch_loss.item(), rtol=1e-5)
   # Updated running statistics and power-iteration vectors.
   after = torch_to_member(module)
@@ -486,7 +489,8 @@ def test_release_head_checkpoint_converts_and_matches_torch(tmp_path, tiny_bigga
   logits, _ = jax.jit(lambda v, m, c: head_lib.apply(arch, v, m, c))(variables, maps, cond)
   with torch.no_grad():
     expected = module([nchw(m) for m in maps], torch.from_numpy(cond))
-  assert relative_error(np.asarray(logits[0]).transpose(0, 3, 1, 2), _np(expected)) < 2e-6
+  assert relative_error(np.asarray(logits[0]).transpose(0, 3, 1, 2),
+                        _np(expected)) < RELEASE_BOUND
   # A state dict of something else is named, key by key.
   state = release_state_dict(module)
   del state['mid_feature_mix_conv.conv1.u0']
