@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import bounds
 from conftest import REPO, run_main
 from dgan_jax import config as config_lib
 from dgan_jax import generators
@@ -33,14 +34,15 @@ def test_sample_stage_writes_annotation_inputs(tmp_path):
   grid = np.asarray(Image.open(out / 'samples.png'))
   assert grid.shape == (2 + 26, 2 + 4 * 34, 3)
   assert not any(name.endswith('.partial') for name in os.listdir(workdir))
-  # The saved images are what the generator API draws from the saved latents, exactly.
+  # The saved images are what the generator API draws from the saved latents, within one
+  # level (the stage's batches of 2 and this call's batch of 4 are two compiled programs).
   image, _ = g(latents, psi=config.generator.truncation_psi,
                cutoff=config.generator.truncation_cutoff, noise=config.generator.noise)
   regenerated = image_utils.crop_rows(image_utils.to_uint8(image), config.data)
   for i in range(4):
     saved = np.asarray(Image.open(out / f'image_{i}.png'))
     assert saved.shape == (24, 32, 3)  # rows 4:28 of the 32 px output
-    np.testing.assert_array_equal(saved, regenerated[i])
+    bounds.assert_images_within_one_level(saved, regenerated[i])
   # Rerun: the finished stage is skipped, nothing is rewritten.
   mtime = os.path.getmtime(out / 'latents.npy')
   assert run_main('--config=configs/test.py', f'--workdir={workdir}',
