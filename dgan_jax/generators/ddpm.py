@@ -357,7 +357,7 @@ class DDPMGenerator(base.Generator):
              class_ids=None) -> jax.Array:
     """Sample numbers [B] -> x_0 [B, R, R, 3] float32 (not clipped), as the pipeline's
     sample and generate stages draw them for the same seed and settings."""
-    return self._jitted('_sample', 2, 3, 4, 5, 6)(
+    return self._jitted('_sample', 3, 4, 5, 6)(
         self.params, jnp.asarray(indices, jnp.uint32), seed, sampler, timestep_respacing,
         eta, clip_denoised, None if class_ids is None else jnp.asarray(class_ids))
 
