@@ -51,7 +51,11 @@ def get_config(arg=None):
   config.generate.samples_per_shard = 500
   config.generate.preview_count = 32
 
-  config.downstream.runs = ('synthetic', 'synthetic_unfiltered', 'few_shot', 'supervised')
+  config.downstream.runs = ('synthetic', 'synthetic_unfiltered', 'few_shot', 'supervised',
+                            # BigDatasetGAN's transfer rows: pretrained on 'synthetic',
+                            # fine-tuned on the 16 annotated images or on 100 renders
+                            # (workdir/toy/finetune), and from scratch on those 100
+                            'finetune_few_shot', 'finetune', 'real')
   # A small DeepLabV3 on 64 px inputs (the 32 px images upscaled), output stride 4.
   config.downstream.stage_sizes = (1, 1, 1)
   config.downstream.width = 16

@@ -139,6 +139,16 @@ def base() -> ml_collections.ConfigDict:
   # benchmark), 'class' (a class-conditional generator's (K + 1)-way segmentation: each
   # foreground pixel takes its sample's class, k + 1 for the k-th of biggan.class_idx).
   config.downstream.label_mode = 'labels'
+  # Fine-tuning, BigDatasetGAN's transfer experiment (downstream/run.py): the run 'real'
+  # trains from scratch on finetune_dir; 'finetune' starts from the last epoch of the run
+  # finetune_from (its backbone; with finetune_head its classifier too) and trains on
+  # finetune_dir; 'finetune_few_shot' likewise on the annotated images.
+  config.downstream.finetune_dir = ''   # real images + .npy masks (config.evaluate.test_dir's formats)
+  config.downstream.finetune_from = 'synthetic'  # a run of this workdir, or a run's folder
+  config.downstream.finetune_head = False
+  config.downstream.finetune_epochs = 0       # 0: downstream.epochs
+  config.downstream.finetune_steps_per_epoch = 0  # 0: the from-scratch run's (few_shot, real)
+  config.downstream.finetune_learning_rate = 0.0  # 0: downstream.learning_rate
   config.downstream.log_every = 10      # steps between progress-bar updates
   config.downstream.workers = 4         # threads reading and augmenting examples
 
@@ -210,6 +220,9 @@ def base() -> ml_collections.ConfigDict:
   config.toy.train_images = 4000        # rendered pairs: annotator and supervised ceiling
   config.toy.test_images = 500          # rendered held-out test set with exact masks
   config.toy.colour_baseline_images = 400  # per-pixel colour classifier (report row)
+  # Rendered labelled images standing in for a real labelled set (the fine-tuning runs'
+  # config.downstream.finetune_dir when it is empty): workdir/toy/finetune/.
+  config.toy.finetune_images = 100
 
   # Several hosts: jax.distributed.initialize(coordinator_address, num_processes,
   # process_id) when num_processes > 1 (or the environment of a TPU/SLURM job asks).
@@ -256,6 +269,8 @@ _FIELD_RULES = {
         'seed', 'generator.truncation_cutoff', 'data.min_segment_pixels',
         'interpreter.num_steps', 'interpreter.patience_after_epoch', 'generate.preview_count',
         'downstream.steps_per_epoch', 'downstream.few_shot_steps_per_epoch',
+        'downstream.finetune_epochs', 'downstream.finetune_steps_per_epoch',
+        'downstream.finetune_learning_rate', 'toy.finetune_images',
         'evaluate.preview_count', 'evaluate.synthetic_test_images', 'toy.train_images',
         'toy.test_images', 'toy.colour_baseline_images', 'distributed.process_id',
         'vqgan.top_k')},
@@ -281,7 +296,8 @@ _CHOICES = {
 # Paths a user gives; main.resolve_paths makes them absolute (relative to the current
 # directory) once, where they enter.
 PATH_FIELDS = ('generator.checkpoint', 'generator.avg_latent', 'data.annotation_dir',
-               'data.latents', 'evaluate.test_dir', 'downstream.pretrained_backbone')
+               'data.latents', 'evaluate.test_dir', 'downstream.pretrained_backbone',
+               'downstream.finetune_dir')
 
 
 def _field(config, dotted: str):
@@ -325,6 +341,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if data.eval_class_map and len(data.eval_class_map) != data.num_classes:
     raise InputError(f'config.data.eval_class_map needs one test class per class '
                      f'({data.num_classes}), has {len(data.eval_class_map)}')
+  if not isinstance(config.downstream.finetune_from, str) or not config.downstream.finetune_from:
+    raise InputError('config.downstream.finetune_from must name a run (e.g. synthetic) or a '
+                     f'run folder, got {config.downstream.finetune_from!r}')
   labels.LabelSet.from_config(data)         # InputError naming a bad label alias
   labelers.labeler_class(config.labeler)   # InputError naming an unknown labeler
   selected_stages(config)                   # InputError naming an unknown stage

@@ -37,6 +37,12 @@ class Domain:
     del config, workdir
     return None
 
+  def finetune_dir(self, config, workdir: str) -> str | None:
+    """A labelled folder (the test folder's formats) the fine-tuning runs train on when
+    config.downstream.finetune_dir is empty; None: the field is required."""
+    del config, workdir
+    return None
+
   def extra_runs(self) -> dict[str, Callable]:
     """Downstream runs of the domain's own: name -> source(config, workdir) returning
     (examples source, steps per epoch or 0, description)."""

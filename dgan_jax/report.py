@@ -31,7 +31,12 @@ from dgan_jax.errors import InputError
 
 RUN_LABELS = {'few_shot': 'few-shot', 'synthetic': 'synthetic (filtered)',
               'synthetic_unfiltered': 'synthetic (unfiltered)',
-              'supervised': 'fully supervised'}
+              'supervised': 'fully supervised',
+              'finetune_few_shot': 'pretrained, fine-tuned on the annotated images',
+              'finetune': 'pretrained, fine-tuned on the labelled real images',
+              'real': 'from scratch on the labelled real images'}
+# Fine-tuning runs -> the from-scratch run on the same images (the transfer comparison).
+TRANSFER_PAIRS = {'finetune_few_shot': 'few_shot', 'finetune': 'real'}
 BASELINE_LABELS = {'colour': 'per-pixel colour classifier'}
 EXAMPLE_COUNT = 16
 _CSS = ('body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}'
@@ -124,6 +129,7 @@ def _text_blocks(config, evaluation: dict, generation: dict | None,
   if supervised is not None:
     summary += (f' Fully supervised training on {runs["supervised"]["num_train_images"]} '
                 f'image-mask pairs reaches {_percent(supervised)}%.')
+  summary += _transfer_summary(runs)
   blocks = [('h1', f'DatasetGAN report: {config.data.name or "unnamed dataset"}'),
             ('p', summary)]
   blocks += [('p', note) for note in domains.from_config(config).report_notes(config)]
@@ -159,6 +165,22 @@ def _text_blocks(config, evaluation: dict, generation: dict | None,
                    'the ground truth of any fold.'),
              ('table', ['class'] + [label for label, _ in columns], rows)]
   return blocks
+
+
+def _transfer_summary(runs: dict) -> str:
+  """Sentences comparing each fine-tuned run with the from-scratch run on its images."""
+  text = ''
+  for tuned, scratch in TRANSFER_PAIRS.items():
+    a, b = (runs.get(r, {}).get('miou_mean') for r in (tuned, scratch))
+    if a is None or b is None:
+      continue
+    source = runs[tuned].get('initialised_from', {}).get('run_dir', 'another run')
+    text += (f' Initialised from {os.path.basename(source)} and fine-tuned on '
+             f'{runs[tuned]["num_train_images"]} images, the segmenter reaches {_percent(a)}% '
+             f'against {_percent(b)}% from scratch on the same images '
+             f'({100 * (a - b):+.1f} points; fold std {_percent(runs[tuned]["miou_std"])} and '
+             f'{_percent(runs[scratch]["miou_std"])}).')
+  return text
 
 
 def _image_blocks(config, workdir: str, out_dir: str, evaluation: dict,

@@ -242,26 +242,46 @@ class LabeledImages:
 
 def read_test_folder(folder: str, num_classes: int, resolution: int,
                      mapping: LabelMap = IDENTITY) -> LabeledImages:
-  """DatasetGAN's test-set layout: images (.png/.jpg/...) and .npy masks in one folder,
+  """DatasetGAN's test-set layout (see `labelled_pairs`), each pair resized to the
+  square resolution grid."""
+  names, images, labels = [], [], []
+  for name, image, label in labelled_pairs(folder, num_classes, mapping):
+    names.append(name)
+    images.append(image_utils.resize_image(image, resolution, resolution))
+    labels.append(resize_label(label, resolution, resolution))
+  return LabeledImages(names, np.stack(images), np.stack(labels))
+
+
+def labelled_pairs(folder: str, num_classes: int, mapping: LabelMap = IDENTITY,
+                   field: str = 'config.evaluate.test_dir'
+                   ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+  """A folder of labelled real images, one pair at a time, as stored -> (name, image
+  uint8 [h, w, 3], label uint8 [h', w'] (a mask may have another size than its image));
+  `field` names the config field in errors (raised before the first pair).
+
+  DatasetGAN's test-set layout: images (.png/.jpg/...) and .npy masks in one folder,
   paired by their sorted order (plain string sort, as the original's `sort()`, which
   also fixes the folds). Mask ids must be < num_classes or IGNORE_LABEL; a [h, w, k]
-  mask uses channel 0. Each pair is resized to the square resolution grid.
+  mask uses channel 0.
 
   A folder with an annotations/ subfolder is in BigDatasetGAN's layout instead (images/
   and annotations/<subset>/<wnid>/<stem>, foreground masks, the class from the name):
   its labels go through `mapping` (foreground/background, or the sample's class)."""
   if not folder or not os.path.isdir(folder):
-    raise InputError(f'config.evaluate.test_dir: {folder or "(empty)"} is not a directory '
-                     '(a folder of test images and .npy masks with matching sorted names)')
+    raise InputError(f'{field}: {folder or "(empty)"} is not a directory '
+                     '(a folder of images and .npy masks with matching sorted names)')
   if annotated.detect_format(folder) == annotated.LAYOUT:
-    return _read_test_layout(folder, num_classes, resolution, mapping)
+    return iter(_read_layout_pairs(folder, num_classes, mapping))
   names = sorted(os.listdir(folder))
   image_names = [n for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
   mask_names = [n for n in names if n.endswith('.npy')]
   if not image_names or len(image_names) != len(mask_names):
     raise InputError(f'{folder}: {len(image_names)} images and {len(mask_names)} .npy masks; '
                      'a test folder needs one mask per image')
-  images, labels = [], []
+  return _plain_pairs(folder, image_names, mask_names, num_classes)
+
+
+def _plain_pairs(folder, image_names, mask_names, num_classes):
   for image_name, mask_name in zip(image_names, mask_names):
     mask_file = os.path.join(folder, mask_name)
     try:
@@ -279,24 +299,29 @@ def read_test_folder(folder: str, num_classes: int, resolution: int,
     if bad.any():
       raise InputError(f'{mask_file}: class id {int(mask[bad][0])} outside 0..{num_classes - 1}'
                        f' (and not the ignore label {IGNORE_LABEL})')
-    image = image_utils.read_rgb(os.path.join(folder, image_name))
-    images.append(image_utils.resize_image(image, resolution, resolution))
-    labels.append(resize_label(mask, resolution, resolution).astype(np.uint8))
-  return LabeledImages([os.path.splitext(n)[0] for n in image_names], np.stack(images),
-                       np.stack(labels))
+    yield (os.path.splitext(image_name)[0],
+           image_utils.read_rgb(os.path.join(folder, image_name)), mask.astype(np.uint8))
 
 
-def _read_test_layout(folder: str, num_classes: int, resolution: int,
-                      mapping: LabelMap) -> LabeledImages:
+def _read_layout_pairs(folder: str, num_classes: int, mapping: LabelMap):
   images, masks, class_ids, names = layout_lib.read_pairs(folder)
   labels = [mapping(mask, c) for mask, c in zip(masks, class_ids)]
   for name, label in zip(names, labels):
     if label.max(initial=0) >= num_classes and label.max() != IGNORE_LABEL:
       raise InputError(f'{folder}/annotations/{name}.png: label {int(label.max())} outside '
                        f'0..{num_classes - 1}')
-  return LabeledImages(names, np.stack([image_utils.resize_image(i, resolution, resolution)
-                                        for i in images]),
-                       np.stack([resize_label(l, resolution, resolution) for l in labels]))
+  return list(zip(names, images, labels))
+
+
+def read_labelled(folder: str, num_classes: int, mapping: LabelMap = IDENTITY,
+                  field: str = 'config.downstream.finetune_dir') -> ArraySource:
+  """A labelled folder in the test-set formats (`labelled_pairs`) as a training source,
+  each mask resized to its image (nearest) where their sizes differ."""
+  images, labels = [], []
+  for _, image, label in labelled_pairs(folder, num_classes, mapping, field):
+    images.append(image)
+    labels.append(resize_label(label, *image.shape[:2]))
+  return ArraySource(images, labels)
 
 
 def read_annotated(annotation_dir: str, count: int, num_classes: int,

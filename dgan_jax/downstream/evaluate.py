@@ -5,6 +5,11 @@ image resized to the training resolution, argmax of the logits there); the per-i
 per-class intersection and union counts of all epochs form a table [E, N, C] from which
 `metrics.cross_validate` picks one epoch per fold and scores it. Grids of colored
 predictions show each fold's chosen model on the images it was scored on.
+
+`make_predictor` is the one compiled prediction of a trained network: evaluation and
+`python -m dgan_jax.segment` both call it, so a folder segmented with a run's epoch gets
+the labels evaluation scored for the same images (same batch size). `best_epoch` is the
+one epoch of a run that segment and export use.
 """
 
 
@@ -21,19 +26,28 @@ from dgan_jax.downstream import metrics
 from dgan_jax.downstream import train as train_lib
 
 
-def make_predict(model: deeplab.DeepLabV3):
+def make_predictor(model: deeplab.DeepLabV3):
   """-> jitted fn(variables, images uint8 [B, R, R, 3], labels uint8 [B, R, R]) ->
-  (prediction int32 [B, R, R], intersection [B, C], union [B, C]); B a multiple of the
-  mesh size, the batch sharded over it."""
+  (prediction int32 [B, R, R], intersection [B, C], union [B, C], confidence float32
+  [B]: each image's mean over pixels of the largest softmax probability); B a multiple
+  of the mesh size, the batch sharded over it."""
   def predict(variables, images, labels):
     logits = model.apply(variables, deeplab.normalize(images), train=False)
     prediction = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     intersection, union = metrics.iou_counts(prediction, labels, model.arch.num_classes)
-    return prediction, intersection, union
+    confidence = jnp.mean(jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1), axis=(1, 2))
+    return prediction, intersection, union, confidence
 
   # Shardings come from the arguments (see train.make_train_step): variables
   # replicated, batches placed by predict_all.
   return jax.jit(predict, compiler_options=parallel.compiler_options())
+
+
+def make_predict(model: deeplab.DeepLabV3):
+  """`make_predictor`'s compiled function without the confidence -> (prediction,
+  intersection, union)."""
+  predictor = make_predictor(model)
+  return lambda variables, images, labels: predictor(variables, images, labels)[:3]
 
 
 def predict_all(predict, variables, images: np.ndarray, labels: np.ndarray, batch_size: int,
@@ -100,6 +114,25 @@ def fold_previews(arch: deeplab.DeepLabArch, run_dir: str, test, folds: list[dic
     grids.append(image_utils.grid(np.stack([image_utils.enlarge(t) for t in tiles]),
                                   columns=2))
   return grids
+
+
+def best_epoch(run_record: dict) -> int:
+  """The one epoch of an evaluated run (an eval.json 'runs' entry) that segment and
+  export use: the epoch the most folds selected; ties go to the larger mean over folds of
+  the validation mIoU, then to the earlier epoch. Only validation scores decide, as for
+  each fold's choice."""
+  epochs = [int(e) for e in run_record['all_images_miou_per_epoch']]
+  votes = {}
+  for fold in run_record['folds']:
+    votes[fold['selected_epoch']] = votes.get(fold['selected_epoch'], 0) + 1
+
+  def validation_mean(epoch):
+    scores = [fold['validation_miou_per_epoch'][epochs.index(epoch)]
+              for fold in run_record['folds']]
+    scores = [v for v in scores if v is not None]
+    return float(np.mean(scores)) if scores else -np.inf
+
+  return min(votes, key=lambda e: (-votes[e], -validation_mean(e), e))
 
 
 def summarize(cross: dict, epochs: list[int], intersections: np.ndarray, unions: np.ndarray,

@@ -8,6 +8,16 @@ The runs share one network, one recipe and one evaluation (config.downstream.run
   few_shot              trained on the annotated images alone (DatasetGAN's Table 1
                         compares it with synthetic), same augmentation, epochs and steps
                         per epoch
+  real                  trained from scratch on a real labelled folder
+                        (config.downstream.finetune_dir, the formats of the test folder),
+                        with the few-shot run's schedule
+  finetune              the kind 'finetune' (BigDatasetGAN's transfer experiment): the
+                        network initialised from another run's last epoch
+                        (config.downstream.finetune_from, 'synthetic' by default: its
+                        backbone, and with finetune_head its classifier too), then
+                        trained on config.downstream.finetune_dir with the fine-tuning
+                        schedule (config.downstream.finetune_*; 0: the few-shot run's)
+  finetune_few_shot     the same, fine-tuned on the annotated images (the few-shot data)
   (the domain's own)    e.g. the toy domain's 'supervised' ceiling (dgan_jax/domains.py)
 
 Labels (config.downstream.label_mode): 'labels' as generated; with
@@ -42,7 +52,10 @@ from dgan_jax.downstream import metrics
 from dgan_jax.downstream import train as train_lib
 from dgan_jax.errors import InputError
 
-RUNS = ('synthetic', 'synthetic_unfiltered', 'few_shot')   # and the domain's extra runs
+RUNS = ('synthetic', 'synthetic_unfiltered', 'few_shot', 'real', 'finetune',
+        'finetune_few_shot')   # and the domain's extra runs
+# Runs of the kind 'finetune' -> the run whose data (and from-scratch schedule) they take.
+FINETUNE_RUNS = {'finetune': 'real', 'finetune_few_shot': 'few_shot'}
 LABEL_MODES = ('labels', 'binary', 'class')
 
 
@@ -145,7 +158,9 @@ def stand_in_test_dir(config, workdir: str, num_classes: int) -> str:
   return out
 
 
-def train_options(config, steps_per_epoch: int = 0) -> train_lib.TrainOptions:
+def train_options(config, steps_per_epoch: int = 0, run: str = '') -> train_lib.TrainOptions:
+  """The run's training options: config.downstream's, with the fine-tuning schedule for
+  the runs of the kind 'finetune' (whose initial weights replace pretrained_backbone)."""
   d = config.downstream
   if d.dtype not in train_lib.DTYPES:
     raise InputError(f'config.downstream.dtype must be one of {list(train_lib.DTYPES)}, '
@@ -154,11 +169,60 @@ def train_options(config, steps_per_epoch: int = 0) -> train_lib.TrainOptions:
   if not 0 < low <= high:
     raise InputError(f'config.downstream.scale_range must be (low, high) with 0 < low <= '
                      f'high, got {tuple(d.scale_range)}')
+  finetune = run in FINETUNE_RUNS
   return train_lib.TrainOptions(
-      batch_size=d.batch_size, epochs=d.epochs, learning_rate=d.learning_rate,
+      batch_size=d.batch_size, epochs=run_epochs(config, run),
+      learning_rate=(d.finetune_learning_rate or d.learning_rate) if finetune
+      else d.learning_rate,
       resolution=d.resolution, flip=d.flip, scale_range=(float(low), float(high)),
-      steps_per_epoch=steps_per_epoch, pretrained_backbone=d.pretrained_backbone,
+      steps_per_epoch=steps_per_epoch,
+      pretrained_backbone='' if finetune else d.pretrained_backbone,
       dtype=d.dtype, log_every=d.log_every, workers=d.workers)
+
+
+def run_epochs(config, run: str) -> int:
+  d = config.downstream
+  return (d.finetune_epochs or d.epochs) if run in FINETUNE_RUNS else d.epochs
+
+
+def finetune_dir(config, workdir: str) -> str:
+  """The real labelled folder of the 'real' and 'finetune' runs:
+  config.downstream.finetune_dir, else the domain's (the toy domain renders one)."""
+  folder = (config.downstream.finetune_dir
+            or domains.from_config(config).finetune_dir(config, workdir))
+  if not folder:
+    raise InputError("config.downstream.finetune_dir: empty; the 'real' and 'finetune' runs "
+                     'train on a labelled folder of real images (images and .npy masks with '
+                     "matching sorted names, or BigDatasetGAN's layout, as "
+                     'config.evaluate.test_dir)')
+  return folder
+
+
+def finetune_init(config, workdir: str, run: str) -> train_lib.InitFrom:
+  """The checkpoint a 'finetune' run starts from: the last epoch of the run
+  config.downstream.finetune_from (a run of this workdir, trained first when needed, or
+  the folder of another workdir's run). The last epoch, not evaluate's pick, so that no
+  test image chooses the initial weights."""
+  source = config.downstream.finetune_from.strip()
+  if not source or source in FINETUNE_RUNS:
+    raise InputError(f'config.downstream.finetune_from: {source or "(empty)"!r}; name the run '
+                     f'that initialises the {run} run (e.g. synthetic), not a fine-tuning run, '
+                     "or the folder of another workdir's run (W/downstream/synthetic)")
+  if os.sep in source or source.startswith('.'):
+    run_dir = os.path.abspath(os.path.expanduser(source))
+    if not train_lib.is_complete(run_dir):
+      raise InputError(f'config.downstream.finetune_from: {run_dir} holds no finished '
+                       'downstream run (no train.json)')
+  else:
+    known = RUNS + tuple(domains.from_config(config).extra_runs())
+    if source not in known:
+      raise InputError(f'config.downstream.finetune_from: unknown run {source!r}; known: '
+                       f'{[r for r in known if r not in FINETUNE_RUNS]}, or a run folder')
+    run_dir = train_run(config, workdir, source)
+  epochs = train_lib.epoch_checkpoints(run_dir)
+  if not epochs:
+    raise InputError(f'{run_dir}/epochs: no checkpoints to initialise the {run} run from')
+  return train_lib.InitFrom(run_dir, epochs[-1], bool(config.downstream.finetune_head))
 
 
 def _synthetic_source(workdir, mapping, split='train'):
@@ -188,6 +252,14 @@ def run_source(config, workdir: str, run: str, mapping):
     kind = '' if run == 'synthetic' else ', unfiltered'
     return source, _synthetic_steps(config, workdir, run), (
         f'synthetic dataset{kind}: {len(source)} images')
+  if run in FINETUNE_RUNS:
+    source, steps, description = run_source(config, workdir, FINETUNE_RUNS[run], mapping)
+    return source, d.finetune_steps_per_epoch or steps, description
+  if run == 'real':
+    folder = finetune_dir(config, workdir)
+    source = data_lib.read_labelled(folder, len(class_setup(config, workdir)[0]), mapping)
+    steps = d.few_shot_steps_per_epoch or _synthetic_steps(config, workdir, run)
+    return source, steps, f'{len(source)} labelled real images ({folder})'
   extra_runs = domains.from_config(config).extra_runs()
   if run in extra_runs:
     source, steps, description = extra_runs[run](config, workdir)
@@ -208,17 +280,66 @@ def train_run(config, workdir: str, run: str) -> str:
                      '(at most 255 classes)')
   arch = arch_from_config(config, len(names))
   run_dir = os.path.join(workdir, io.DOWNSTREAM, run)
+  init = finetune_init(config, workdir, run) if run in FINETUNE_RUNS else None
   if train_lib.is_complete(run_dir):
-    if io.read_json(os.path.join(run_dir, 'train.json'))['epochs'] == config.downstream.epochs:
+    trained = io.read_json(os.path.join(run_dir, 'train.json'))
+    if (trained['epochs'] == run_epochs(config, run)
+        and trained.get('init') == (init and init.record())):
       logging.info('train_downstream: %s is complete, skipping', run_dir)
       return run_dir
   source, steps, description = run_source(config, workdir, run, label_map(config, workdir))
+  if init is not None:
+    description = (f'{description}, initialised from {_relative(init.run_dir, workdir)} epoch '
+                   f'{init.epoch} ({"backbone and head" if init.head else "backbone"})')
   start = time.time()
-  record = train_lib.train(arch, source, train_options(config, steps), config.seed, run_dir,
-                           palette=palette, description=description)
+  record = train_lib.train(arch, source, train_options(config, steps, run), config.seed,
+                           run_dir, palette=palette, description=description, init=init)
   logging.info('train_downstream: %s done in %.1f s (%s)', run, time.time() - start,
                record and record['description'])
   return run_dir
+
+
+def _relative(path: str, workdir: str) -> str:
+  """`path` relative to the workdir when inside it (descriptions stay short), else as is."""
+  inside = os.path.relpath(path, workdir)
+  return path if inside.startswith('..') else inside
+
+
+def evaluated_epoch(workdir: str, run: str) -> int:
+  """The epoch of `run` that evaluate picks (`evaluate.best_epoch` of its eval.json entry)."""
+  path = os.path.join(workdir, io.EVAL_JSON)
+  record = io.read_json(path)
+  if record is None or run not in record.get('runs', {}):
+    raise InputError(f'{path}: no evaluation of the run {run!r} (run the evaluate stage, or '
+                     'choose the epoch with --epoch)')
+  entry = record['runs'][run]
+  return int(entry['best_epoch']) if 'best_epoch' in entry else evaluate_lib.best_epoch(entry)
+
+
+def trained_run(config, workdir: str, run: str, epoch: int | None = None
+                ) -> tuple[deeplab.DeepLabArch, str, int, tuple[str, ...], np.ndarray]:
+  """A finished run of the workdir for segment and export -> (arch, run folder, epoch
+  (`epoch`, else `evaluated_epoch`), class names, palette), checked against the config (the
+  evaluate stage's arch and classes)."""
+  names, _, palette = class_setup(config, workdir)
+  arch = arch_from_config(config, len(names))
+  run_dir = os.path.join(workdir, io.DOWNSTREAM, run)
+  if not train_lib.is_complete(run_dir):
+    folder = os.path.join(workdir, io.DOWNSTREAM)
+    there = sorted(r for r in os.listdir(folder) if train_lib.is_complete(
+        os.path.join(folder, r))) if os.path.isdir(folder) else []
+    raise InputError(f'--run: {run_dir} holds no finished downstream run (finished runs: '
+                     f'{there or "none"}; run the train_downstream stage)')
+  trained = io.read_json(os.path.join(run_dir, 'train.json'))
+  if deeplab.DeepLabArch.from_json(trained['arch']) != arch:
+    raise InputError(f'{run_dir}/train.json: the run was trained with another network than '
+                     f'--config describes ({trained["arch"]}); pass the config it was '
+                     'trained with')
+  epochs = train_lib.epoch_checkpoints(run_dir)
+  epoch = evaluated_epoch(workdir, run) if epoch is None else epoch
+  if epoch not in epochs:
+    raise InputError(f'--epoch: {run_dir} has no epoch {epoch} (it has {epochs})')
+  return arch, run_dir, epoch, names, palette
 
 
 def train_downstream(config, workdir: str) -> None:
@@ -235,7 +356,8 @@ def evaluate(config, workdir: str) -> None:
   eval.json: {'protocol': how the numbers are made, 'classes', 'test_images' (sorted
   names), 'runs': {run: {'trained_on', 'num_train_images', 'miou_mean', 'miou_std',
   'miou_absent_as_zero_mean', 'folds': [...], 'class_iou': {name: {'mean', 'std',
-  'folds'} or null}, 'all_images_miou_per_epoch'}}, 'seconds'}.
+  'folds'} or null}, 'all_images_miou_per_epoch', 'best_epoch' (the epoch segment and
+  export use, `evaluate.best_epoch`), 'initialised_from' (fine-tuning runs)}}, 'seconds'}.
   """
   out_json = os.path.join(workdir, io.EVAL_JSON)
   if os.path.exists(out_json):
@@ -276,6 +398,10 @@ def evaluate(config, workdir: str) -> None:
                       'num_train_images': trained['num_examples'],
                       'epochs': trained['epochs'], 'steps_per_epoch': trained['steps_per_epoch'],
                       **record}
+      results[run]['best_epoch'] = evaluate_lib.best_epoch(results[run])
+      if trained.get('init'):
+        results[run]['initialised_from'] = {k: trained['init'][k]
+                                            for k in ('run_dir', 'epoch', 'head')}
       grids = evaluate_lib.fold_previews(arch, run_dir, test, cross['folds'], epochs, palette,
                                          ev.preview_count, ev.batch_size, dtype=d.dtype)
       for k, grid in enumerate(grids):

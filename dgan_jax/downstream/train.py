@@ -18,8 +18,8 @@ A run directory holds:
   history.json    per epoch: mean loss, pixel accuracy, seconds, images/s
   train_batch.png the first training batch (augmented images | labels)
   run.json        what the checkpoints depend on (arch, options but epochs, seed, number
-                  of examples); a rerun with other values starts over, with more epochs
-                  it continues
+                  of examples, the run it was initialised from); a rerun with other values
+                  starts over, with more epochs it continues
   train.json      written last: the run is complete
 """
 
@@ -68,17 +68,63 @@ class TrainOptions:
     return data_lib.Augment(self.resolution, self.flip, tuple(self.scale_range))
 
 
+@dataclasses.dataclass(frozen=True)
+class InitFrom:
+  """Fine-tuning: the epoch checkpoint of another run that initialises this one: its
+  backbone and, with `head`, its classifier (otherwise torchvision's initialization)."""
+  run_dir: str
+  epoch: int
+  head: bool = False
+
+  def arch(self) -> deeplab.DeepLabArch:
+    record = io.read_json(os.path.join(self.run_dir, 'train.json'))
+    if record is None:
+      raise InputError(f'{self.run_dir}: training is not complete (no train.json), so it '
+                       'cannot initialise a fine-tuning run')
+    return deeplab.DeepLabArch.from_json(record['arch'])
+
+  def record(self) -> dict:
+    """What the initial weights depend on (a retrained source restarts the run)."""
+    return {'run_dir': os.path.abspath(self.run_dir), 'epoch': self.epoch, 'head': self.head,
+            'train_json': io.file_digest(os.path.join(self.run_dir, 'train.json'))}
+
+
+def initial_variables(arch: deeplab.DeepLabArch, init: InitFrom, params: dict,
+                      batch_stats: dict) -> tuple[dict, dict]:
+  """(params, batch_stats) with the backbone (and with init.head the classifier) replaced
+  by those of init's checkpoint; InputError when the shapes do not fit."""
+  source = init.arch()
+  parts = ('backbone', 'classifier') if init.head else ('backbone',)
+  expected = {k: v for k, v in deeplab.variable_shapes(arch).items() if k.split('/')[1] in parts}
+  found = {k: v for k, v in deeplab.variable_shapes(source).items() if k.split('/')[1] in parts}
+  if expected != found:
+    differ = sorted(k for k in set(expected) | set(found) if expected.get(k) != found.get(k))
+    raise InputError(
+        f'{init.run_dir} (epoch {init.epoch}) cannot initialise this run\'s '
+        f'{" and ".join(parts)}: {len(differ)} variables differ, first {differ[0]} '
+        f'{found.get(differ[0])} against {expected.get(differ[0])} (stage_sizes, width, '
+        'aspp_channels' + (', classes' if init.head else '') + ' must match)')
+  restored = restore_epoch(init.run_dir, init.epoch, source)
+  params = {**params, **{p: restored['params'][p] for p in parts}}
+  batch_stats = {**batch_stats, **{p: restored['batch_stats'][p] for p in parts}}
+  return params, batch_stats
+
+
 def _optimizer(learning_rate: float) -> optax.GradientTransformation:
   return optax.adam(learning_rate)  # PyTorch's defaults: b1 0.9, b2 0.999, eps 1e-8
 
 
-def init_state(arch: deeplab.DeepLabArch, options: TrainOptions, seed: int) -> dict:
+def init_state(arch: deeplab.DeepLabArch, options: TrainOptions, seed: int,
+               init: InitFrom | None = None) -> dict:
   """{'params', 'batch_stats', 'opt_state', 'step'}: torchvision's initialization
-  (`deeplab.init(arch, seed)`), the backbone optionally replaced by converted weights."""
+  (`deeplab.init(arch, seed)`), the backbone optionally replaced by converted weights,
+  and for fine-tuning by another run's checkpoint (`init`)."""
   params, batch_stats = deeplab.init(arch, seed)
   if options.pretrained_backbone:
     params, batch_stats = deeplab.with_pretrained_backbone(
         params, batch_stats, options.pretrained_backbone, arch)
+  if init is not None:
+    params, batch_stats = initial_variables(arch, init, params, batch_stats)
   return {'params': params, 'batch_stats': batch_stats,
           'opt_state': _optimizer(options.learning_rate).init(params),
           'step': jnp.zeros((), jnp.int32)}
@@ -146,8 +192,10 @@ def preview_batch(images: np.ndarray, labels: np.ndarray, palette: np.ndarray,
 
 def train(arch: deeplab.DeepLabArch, source, options: TrainOptions, seed: int, run_dir: str,
           palette: np.ndarray | None = None, mesh: Mesh | None = None, progress: bool = True,
-          stop_after_epochs: int | None = None, description: str = '') -> dict:
-  """Trains (or resumes) the run in `run_dir` on `source` (len, get(indices) -> pairs).
+          stop_after_epochs: int | None = None, description: str = '',
+          init: InitFrom | None = None) -> dict:
+  """Trains (or resumes) the run in `run_dir` on `source` (len, get(indices) -> pairs),
+  from torchvision's initialization or, for fine-tuning, from `init`.
 
   `stop_after_epochs` ends this call after that many epochs in total, leaving the run
   unfinished (tests of resuming). Returns the train.json record, or None when stopped
@@ -168,6 +216,8 @@ def train(arch: deeplab.DeepLabArch, source, options: TrainOptions, seed: int, r
             if k not in ('epochs', 'log_every', 'workers')}
   run = {'arch': arch.to_json(), 'options': recipe, 'seed': seed,
          'num_examples': len(source), 'steps_per_epoch': steps_per_epoch}
+  if init is not None:
+    run['init'] = init.record()
   io.start_over_if_changed(
       os.path.join(run_dir, 'run.json'), run,
       [os.path.join(run_dir, name) for name in ('epochs', 'state', 'history.json',
@@ -178,7 +228,7 @@ def train(arch: deeplab.DeepLabArch, source, options: TrainOptions, seed: int, r
   model = deeplab.DeepLabV3(arch, DTYPES[options.dtype])
   replicated = NamedSharding(mesh, P())
   by_batch = NamedSharding(mesh, P('data'))
-  state = jax.device_put(init_state(arch, options, seed), replicated)
+  state = jax.device_put(init_state(arch, options, seed, init), replicated)
   ocp, epoch_manager, state_manager = _managers(run_dir)
   epochs_done = state_manager.latest_step() or 0
   history = []
@@ -251,6 +301,8 @@ def train(arch: deeplab.DeepLabArch, source, options: TrainOptions, seed: int, r
             'num_processes': jax.process_count(), 'arch': arch.to_json(),
             'num_params': deeplab.count_params(state['params']),
             'options': dataclasses.asdict(options), 'seed': seed, 'history': history}
+  if init is not None:
+    record['init'] = run['init']
   if jax.process_index() == 0:
     io.write_json(os.path.join(run_dir, 'train.json'), record)
   return record

@@ -8,6 +8,9 @@
                              a person would put theirs
   workdir/toy/colour_baseline.json a per-pixel colour classifier's test mIoU (a baseline
                              record: the report shows it as a row)
+  workdir/toy/finetune/      config.toy.finetune_images rendered images with exact masks,
+                             in the test folder's format: the fine-tuning runs' labelled
+                             "real" set (config.downstream.finetune_dir when it is empty)
 
 Rendered data never overlaps the GAN's training images: each set draws from its own
 renderer seed.
@@ -37,15 +40,27 @@ from dgan_jax.toy import render
 TEST_SEED = 2_000_003
 TRAIN_SEED = 3_000_017
 COLOUR_SEED = 4_000_037
+FINETUNE_SEED = 5_000_011
 
 
 def test_dir(config, workdir: str) -> str:
   """The rendered test folder, written on first use."""
-  out = os.path.join(workdir, io.TOY, 'test')
+  return _rendered_folder(os.path.join(workdir, io.TOY, 'test'), TEST_SEED + config.seed,
+                          config.toy.test_images, config.toy.resolution, 'render test set')
+
+
+def finetune_dir(config, workdir: str) -> str:
+  """The rendered labelled folder of the fine-tuning runs, written on first use."""
+  return _rendered_folder(os.path.join(workdir, io.TOY, 'finetune'),
+                          FINETUNE_SEED + config.seed, config.toy.finetune_images,
+                          config.toy.resolution, 'render fine-tuning set')
+
+
+def _rendered_folder(out: str, seed: int, count: int, resolution: int, what: str) -> str:
+  """count renders with their exact masks as {i:05d}.png + {i:05d}.npy in `out`."""
   if os.path.isdir(out):
     return out
-  images, masks = render.render(TEST_SEED + config.seed, np.arange(config.toy.test_images),
-                                config.toy.resolution, progress='render test set')
+  images, masks = render.render(seed, np.arange(count), resolution, progress=what)
   os.makedirs(os.path.dirname(out), exist_ok=True)
   with io.atomic_dir(out) as tmp:
     for i, (image, mask) in enumerate(zip(images, masks)):
@@ -139,6 +154,9 @@ class Domain(domains.Domain):
 
   def test_dir(self, config, workdir: str) -> str:
     return test_dir(config, workdir)
+
+  def finetune_dir(self, config, workdir: str) -> str:
+    return finetune_dir(config, workdir)
 
   def extra_runs(self) -> dict:
     return {'supervised': supervised_run}
