@@ -152,7 +152,7 @@ def test_a_changed_plan_field_starts_generation_over(field, generated, tmp_path,
   old_record = json.loads((workdir / 'dataset' / 'generation.json').read_text())
   assert list(before) == ['shard-00000-n4.array_record', 'shard-00000-n4.scores.npy']
   overrides = change(root, workdir, layout)
-  caplog.set_level(logging.INFO)
+  caplog.set_level(logging.INFO, logger='absl')  # absl's own level may be WARNING
   stages.generate(_config(root / 'g', **overrides), str(workdir))
   plan_path = workdir / 'generate' / 'plan.json'
   assert (f'generate: the config or inputs changed since {plan_path} was written; '
@@ -178,7 +178,7 @@ def test_the_same_plan_reuses_everything(generated, tmp_path, caplog, counting_f
   shutil.copytree(root / 'g', tmp_path / 'g_copy')
   before = _shards(workdir)
   dataset = os.stat(workdir / 'dataset' / 'generation.json').st_mtime_ns
-  caplog.set_level(logging.INFO)
+  caplog.set_level(logging.INFO, logger='absl')  # absl's own level may be WARNING
   stages.generate(_config(tmp_path / 'g_copy'), str(workdir))
   assert 'starting over' not in caplog.text and 'is complete, skipping' in caplog.text
   assert _shards(workdir) == before and counting_factory.asked == []
