@@ -217,10 +217,15 @@ def random_params(arch: UNetArch, key: jax.Array) -> dict[str, np.ndarray]:
   """Flat random weights for tests and smoke runs, none zero (guided-diffusion zeroes
   each ResBlock's last conv, `proj_out` and `out/2` at initialisation): weights
   N(0, 1/fan_in), biases N(0, 0.1^2), norm scales 1 + N(0, 0.1^2), label embeddings
-  N(0, 1)."""
+  N(0, 1). One draw of every parameter's numbers (one compiled program, not one per
+  shape), cut in param_shapes' order."""
+  shapes = param_shapes(arch)
+  sizes = [int(np.prod(shape)) for shape in shapes.values()]
+  numbers = np.asarray(jax.random.normal(key, (sum(sizes),)), np.float64)
+  starts = np.cumsum([0] + sizes)
   flat = {}
-  for i, (name, shape) in enumerate(param_shapes(arch).items()):
-    normal = np.asarray(jax.random.normal(jax.random.fold_in(key, i), shape), np.float64)
+  for i, (name, shape) in enumerate(shapes.items()):
+    normal = numbers[starts[i]:starts[i + 1]].reshape(shape)
     if name == 'label_emb/weight':
       value = normal
     elif len(shape) >= 2:
