@@ -16,6 +16,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+import bounds
 from conftest import REPO
 from dgan_jax import factory as factory_lib
 from dgan_jax import features as features_lib
@@ -81,19 +82,35 @@ def _np_image_scores(pixel_js: np.ndarray, top_fraction: float) -> np.ndarray:
   return np.sort(flat, -1)[:, -k:].mean(-1)
 
 
-def _direct(g, config, layout, params, stats, z):
+def _direct(g, config, layout, params, stats, z, indices=None):
   """The original's way: upsample every map to full size, concatenate, run each member;
-  vote, JS divergence and image score recomputed in numpy from their definitions."""
+  vote, JS divergence and image score recomputed in numpy from their definitions.
+  z [B, 512] (indices [B]: the samples' ids, for 'per_sample' noise) -> image [B, H, W, 3],
+  label [B, H', W], score [B], member logits [M, B, H', W, C] float64."""
   w = g.truncate(g.map(z), config.generator.truncation_psi, config.generator.truncation_cutoff)
-  image, maps = g.synthesize(w, noise=config.generator.noise)
+  noise = config.generator.noise
+  if noise == 'per_sample':
+    noise = g.sampling(config).noise_keys(jnp.asarray(indices, jnp.uint32))
+  image, maps = g.synthesize(w, noise=noise)
   full = jnp.concatenate([features_lib.upsample(m, t) for m, t in
                           zip(features_lib.keep_rows(maps, layout), layout.tables())], -1)
   b, h, w_, d = full.shape
-  member_logits = np.asarray(interpreter.logits(params, stats, full.reshape(-1, d)))
+  member_logits = np.asarray(interpreter.logits(params, stats, full.reshape(-1, d)), np.float64)
   label = _np_majority_vote(member_logits)
   js = _np_js_divergence(member_logits).reshape(b, h, w_)
   return (np.asarray(image), label.reshape(b, h, w_),
-          _np_image_scores(js, config.generate.top_fraction))
+          _np_image_scores(js, config.generate.top_fraction),
+          member_logits.reshape(len(member_logits), b, h, w_, -1))
+
+
+def _assert_same_labels(ours, reference, member_logits):
+  """Label maps of two compiled programs (the members' majority vote) [...]: equal at every
+  pixel where each member's top two logits (member_logits [M, ..., C]) differ by more than
+  1e-4 of the logits' range, and at least 99% of the pixels are such. The generate step's
+  logits and the direct computation's differ by 2.2e-6 of the range, batch 1's and batch
+  8's by 2.7e-6 (99.8-99.9% of the pixels decided)."""
+  bounds.assert_equal_where_decided(ours, reference, member_logits,
+                                    1e-4 * np.ptp(member_logits), member_axis=0)
 
 
 @pytest.mark.parametrize('feature_size,crop_rows,chunk_rows', [
@@ -108,16 +125,18 @@ def test_folded_first_layer_equals_direct_computation(feature_size, crop_rows, c
   factory = factory_lib.Factory(g, g.sampling(config), _labeler(arch, params, stats), layout,
                                 chunk_rows=chunk_rows)
   out = factory(np.arange(3))
+  # The step and the direct computation are two compiled programs: z to float rounding,
+  # images within one level, labels where the logits decide them.
   z = np.asarray(latents.sample_z(config.seed, np.arange(3)))
-  np.testing.assert_array_equal(out['z'], z)
-  image, label, scores = _direct(g, config, layout, params, stats, z)
+  np.testing.assert_allclose(out['z'], z, rtol=0, atol=1e-6)
+  image, label, scores, member_logits = _direct(g, config, layout, params, stats, out['z'])
   assert out['label'].shape == (3,) + layout.output_shape
-  assert (out['label'] == label).mean() > 0.999
+  _assert_same_labels(out['label'], label, member_logits)
   assert scores.min() > 1e-2
   np.testing.assert_allclose(out['uncertainty'], scores, rtol=1e-3)
   if feature_size == (32, 32):
     expected_image = image_utils.to_uint8(image)[:, crop_rows[0]:crop_rows[1]]
-    assert np.abs(out['image'].astype(int) - expected_image).max() <= 1
+    bounds.assert_images_within_one_level(out['image'], expected_image)
 
 
 @pytest.mark.parametrize('in_width,out_width', [(4, 512), (8, 24), (64, 128), (16, 16),
@@ -182,11 +201,20 @@ def _run_devices(tmp_path, num_devices, batch):
 
 @pytest.mark.slow
 def test_sample_i_is_the_same_whatever_batch_and_device_count(tmp_path):
+  """4 devices in a batch of 8 against 1 device in batches of 3 ('per_sample' noise): z
+  bitwise (docs/reliability.md; its noise: test_noise_determinism.py), images within one
+  level, labels where the members' logits (computed directly here) decide them, scores
+  within 1e-4 relative."""
   four_devices = _run_devices(tmp_path, 4, 8)
   one_device = _run_devices(tmp_path, 1, 3)
   np.testing.assert_array_equal(four_devices['z'], one_device['z'])
-  assert np.abs(four_devices['image'].astype(int) - one_device['image']).max() <= 1
-  assert (four_devices['label'] == one_device['label']).mean() > 0.999
+  bounds.assert_images_within_one_level(four_devices['image'], one_device['image'])
+  config = _config(**{'generator.noise': 'per_sample'})
+  g = generators.from_config(config.generator, config.seed)
+  layout = features_lib.layout_for(g, config.data)
+  _, params, stats = _ensemble(layout)
+  member_logits = _direct(g, config, layout, params, stats, one_device['z'], np.arange(8))[3]
+  _assert_same_labels(four_devices['label'], one_device['label'], member_logits)
   np.testing.assert_allclose(four_devices['uncertainty'], one_device['uncertainty'], rtol=1e-4)
 
 
@@ -220,12 +248,13 @@ def test_generate_stage_dataset_reads_back_through_tfds(tmp_path):
   assert example['label'].shape == (24, 32) and example['label'].dtype == np.uint8
   index = int(example['index'])
   assert index in kept and sorted(kept)[3] == index
-  np.testing.assert_array_equal(example['latent'],
-                                np.asarray(latents.sample_z(config.seed, [index]))[0])
+  np.testing.assert_allclose(example['latent'],   # the stage's draw, to float rounding
+                             np.asarray(latents.sample_z(config.seed, [index]))[0], atol=1e-6)
   assert example['uncertainty'] == pytest.approx(scores[index], rel=1e-6)
   layout = features_lib.layout_for(g, config.data)
-  _, label, direct_scores = _direct(g, config, layout, params, stats, example['latent'][None])
-  assert (example['label'] == label[0]).mean() > 0.999
+  _, label, direct_scores, member_logits = _direct(g, config, layout, params, stats,
+                                                   example['latent'][None])
+  _assert_same_labels(example['label'], label[0], member_logits[:, 0])
   assert example['uncertainty'] == pytest.approx(direct_scores[0], rel=1e-3)
   # preview.png: its first tile is sample 0 (image | coloured label, 4x), framed green
   # when kept, red when dropped.
@@ -296,16 +325,25 @@ def test_two_processes_write_one_dataset(tmp_path):
   a = tfds.builder_from_directory(str(single / 'dataset')).as_data_source('train')
   b = tfds.builder_from_directory(str(double / 'dataset')).as_data_source('train')
   assert len(a) == len(b)
+  # z bitwise whatever the host count; images within one level and labels where decided,
+  # as for two compiled programs.
+  g = generators.from_config(config.generator, config.seed)
+  layout = features_lib.layout_for(g, config.data)
+  _, params, stats = _ensemble(layout)
+  latent = np.stack([a[i]['latent'] for i in range(len(a))])
+  member_logits = _direct(g, config, layout, params, stats, latent)[3]
   for i in range(len(a)):
     assert a[i]['index'] == b[i]['index']
-    assert np.abs(a[i]['image'].astype(int) - b[i]['image']).max() <= 1
-    np.testing.assert_array_equal(a[i]['label'], b[i]['label'])
+    np.testing.assert_array_equal(a[i]['latent'], b[i]['latent'])
+    bounds.assert_images_within_one_level(a[i]['image'], b[i]['image'])
+    _assert_same_labels(a[i]['label'], b[i]['label'], member_logits[:, i])
 
 
 def test_the_determinism_guarantee_across_batch_sizes():
-  """README, Reliability: sample i's label map is the same whatever the batch size; its
-  image within one level of 255 (XLA may reassociate sums over the batch) and its score
-  within 1e-5 relative. Batch sizes 1, 2, 3 and 8 over samples 0..7."""
+  """docs/reliability.md: sample i's z is bitwise the same whatever the batch size; its
+  label map the same wherever the members' logits decide it (XLA may reassociate sums over
+  the batch), its image within one level of 255 and its score within 1e-5 relative. Batch
+  sizes 1, 2, 3 and 8 over samples 0..7."""
   config = _config()
   g = generators.from_config(config.generator, config.seed)
   layout = features_lib.layout_for(g, config.data)
@@ -316,9 +354,11 @@ def test_the_determinism_guarantee_across_batch_sizes():
                                   layout, chunk_rows=8, batch_size=batch)
     parts = [factory(np.arange(s, min(s + batch, 8))) for s in range(0, 8, batch)]
     outs[batch] = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  member_logits = _direct(g, config, layout, params, stats, outs[8]['z'])[3]
   for batch in (1, 2, 3):
-    np.testing.assert_array_equal(outs[batch]['label'], outs[8]['label'])
-    assert np.abs(outs[batch]['image'].astype(int) - outs[8]['image']).max() <= 1
+    np.testing.assert_array_equal(outs[batch]['z'], outs[8]['z'])
+    _assert_same_labels(outs[batch]['label'], outs[8]['label'], member_logits)
+    bounds.assert_images_within_one_level(outs[batch]['image'], outs[8]['image'])
     np.testing.assert_allclose(outs[batch]['uncertainty'], outs[8]['uncertainty'], rtol=1e-5)
 
 
