@@ -44,12 +44,23 @@ def test_quick_toy_run_produces_the_report(tmp_path):
   with open(workdir / 'eval.json') as f:
     record = json.load(f)
   runs = record['runs']
-  assert set(runs) == {'synthetic', 'synthetic_unfiltered', 'few_shot', 'supervised'}
+  assert set(runs) == {'synthetic', 'synthetic_unfiltered', 'few_shot', 'supervised',
+                       'finetune_few_shot', 'finetune', 'real'}
   # 300 samples, floor(0.1 * 300) = 30 dropped; unfiltered trains on all 300.
   assert runs['synthetic']['num_train_images'] == 270
   assert runs['synthetic_unfiltered']['num_train_images'] == 300
   assert runs['few_shot']['num_train_images'] == 16
   assert runs['supervised']['num_train_images'] == 500
+  # BigDatasetGAN's transfer rows: the synthetic run's last epoch fine-tuned on the 16
+  # annotated images and on 100 renders of the finetune seed, and those 100 from scratch.
+  assert runs['finetune_few_shot']['num_train_images'] == 16
+  assert runs['finetune']['num_train_images'] == runs['real']['num_train_images'] == 100
+  assert len(list((workdir / 'toy' / 'finetune').glob('*.npy'))) == 100
+  for run in ('finetune_few_shot', 'finetune'):
+    source = runs[run]['initialised_from']
+    assert os.path.basename(source['run_dir']) == 'synthetic' and source['epoch'] == 1
+    assert not source['head']
+  assert 'initialised_from' not in runs['real']
   assert record['protocol']['num_test_images'] == 100
   assert not record['protocol']['stand_in_test_images']
 
