@@ -289,7 +289,7 @@ def train_run(config, workdir: str, run: str) -> str:
       return run_dir
   source, steps, description = run_source(config, workdir, run, label_map(config, workdir))
   if init is not None:
-    description = (f'{description}, initialised from {_relative(init.run_dir, workdir)} epoch '
+    description = (f'{description}, initialised from {_run_name(init.run_dir, workdir)} epoch '
                    f'{init.epoch} ({"backbone and head" if init.head else "backbone"})')
   start = time.time()
   record = train_lib.train(arch, source, train_options(config, steps, run), config.seed,
@@ -299,10 +299,10 @@ def train_run(config, workdir: str, run: str) -> str:
   return run_dir
 
 
-def _relative(path: str, workdir: str) -> str:
-  """`path` relative to the workdir when inside it (descriptions stay short), else as is."""
-  inside = os.path.relpath(path, workdir)
-  return path if inside.startswith('..') else inside
+def _run_name(run_dir: str, workdir: str) -> str:
+  """A run of this workdir by its name (descriptions stay short), another's by its folder."""
+  inside = os.path.relpath(run_dir, os.path.join(workdir, io.DOWNSTREAM))
+  return run_dir if inside.startswith('..') or os.sep in inside else inside
 
 
 def evaluated_epoch(workdir: str, run: str) -> int:
@@ -350,6 +350,15 @@ def train_downstream(config, workdir: str) -> None:
     train_run(config, workdir, run)
 
 
+def _trained_digests(workdir: str, runs) -> dict[str, str | None]:
+  """run -> SHA-256 of its train.json (None when unfinished): what eval.json was made from."""
+  digests = {}
+  for run in runs:
+    path = os.path.join(workdir, io.DOWNSTREAM, run, 'train.json')
+    digests[run] = io.file_digest(path) if os.path.isfile(path) else None
+  return digests
+
+
 def evaluate(config, workdir: str) -> None:
   """Scores every run on config.evaluate.test_dir; writes workdir/eval.json and eval/.
 
@@ -357,16 +366,23 @@ def evaluate(config, workdir: str) -> None:
   names), 'runs': {run: {'trained_on', 'num_train_images', 'miou_mean', 'miou_std',
   'miou_absent_as_zero_mean', 'folds': [...], 'class_iou': {name: {'mean', 'std',
   'folds'} or null}, 'all_images_miou_per_epoch', 'best_epoch' (the epoch segment and
-  export use, `evaluate.best_epoch`), 'initialised_from' (fine-tuning runs)}}, 'seconds'}.
+  export use, `evaluate.best_epoch`), 'initialised_from' (fine-tuning runs)}}, 'trained'
+  (run -> digest of its train.json), 'seconds'}. An eval.json made from other runs (or
+  other training of them: a run added, retrained or fine-tuned) is made again.
   """
   out_json = os.path.join(workdir, io.EVAL_JSON)
-  if os.path.exists(out_json):
-    logging.info('evaluate: %s exists, skipping', out_json)
-    return
+  runs = selected_runs(config)
+  trained_digests = _trained_digests(workdir, runs)
+  previous = io.read_json(out_json)
+  if previous is not None:
+    if previous.get('trained') == trained_digests:
+      logging.info('evaluate: %s exists for these runs, skipping', out_json)
+      return
+    logging.info('evaluate: the runs (or their training) differ from %s; evaluating again',
+                 out_json)
   process_index, _ = parallel.initialize(config.distributed)
   if process_index != 0:
     return
-  runs = selected_runs(config)
   names, _, palette = class_setup(config, workdir)
   arch = arch_from_config(config, len(names))
   ev, d = config.evaluate, config.downstream
@@ -426,7 +442,7 @@ def evaluate(config, workdir: str) -> None:
           'resolution': d.resolution, 'ignore_label': metrics.IGNORE_LABEL,
           'class_map': list(config.data.eval_class_map) or None},
       'classes': list(names), 'test_images': test.names, 'runs': results,
-      'seconds': round(time.time() - start, 2)}
+      'trained': trained_digests, 'seconds': round(time.time() - start, 2)}
   io.write_json(out_json, record)
   print(table)
   logging.info('evaluate: wrote %s', out_json)
