@@ -37,6 +37,12 @@ def _same(w):
   return w
 
 
+def to_torch(transform):
+  """The inverse of a name map's layout transform (ours -> PyTorch's), for exporting
+  (dgan_jax/export.py reads these name maps backwards)."""
+  return {_conv: lambda w: w.transpose(3, 2, 0, 1), _same: _same}[transform]
+
+
 def _batch_norm_names(src: str, dst: str) -> dict[str, tuple[str, callable]]:
   return {f'{src}.weight': (f'params/{dst}/scale', _same),
           f'{src}.bias': (f'params/{dst}/bias', _same),
