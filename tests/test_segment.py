@@ -23,7 +23,7 @@ from dgan_jax.errors import InputError
 from results_workdir import results_workdir, relative  # pylint: disable=unused-import
 
 
-def load_config(name, **overrides):
+def load_config(name):
   import importlib  # pylint: disable=import-outside-toplevel
   config = importlib.import_module(f'configs.{name}').get_config()
   return config
@@ -152,18 +152,35 @@ def test_bad_inputs_end_in_one_line_and_write_nothing(results_workdir, tmp_path)
   assert sorted(os.listdir(tmp_path)) == ['empty', 'taken']
 
 
-def test_the_labeler_segments_through_the_encoder(tmp_path):
-  """configs/test_vqgan.py's conv heads (random weights) on images of three sizes: each
-  mask is the members' vote (foreground where both heads' logits are positive) on the
-  decoder's maps of the image encoded by the generator's own reconstruct call, at the
-  generator's resolution, resized back with nearest neighbour. Two compiled programs, so
-  only pixels whose logits are clear of zero by 1e-3 are compared (nearly all)."""
+def _vqgan_maps(g, config, images):
+  return g.reconstruct(images)[1]      # encode, quantize, decode: the decoder's maps
+
+
+def _ddpm_maps(g, config, images):
+  return g.features(images, seed=config.seed)   # the noised image's decoder blocks
+
+
+@pytest.mark.parametrize('name,maps_of', [('test_vqgan', _vqgan_maps), ('test_ddpm', _ddpm_maps)])
+def test_the_labeler_segments_through_the_encoder(name, maps_of, tmp_path):
+  """The conv head (two members, random weights) on a VQGAN's and a DDPM's features, both
+  through the one Generator interface (encodes_images, Sampling.from_images), on images of
+  three sizes: each mask is the members' vote (foreground where both heads' logits are
+  positive) on the maps the generator's own call gives for the image resized to its
+  resolution (VQGAN: reconstruct; DDPM: features, the config's seed's shared noise),
+  resized back with nearest neighbour. Two compiled programs, so only pixels whose logits
+  are clear of zero by 1e-3 are compared (nearly all)."""
   from dgan_jax import features  # pylint: disable=import-outside-toplevel
   from dgan_jax import generators  # pylint: disable=import-outside-toplevel
   from dgan_jax.bigdatasetgan import head as head_lib  # pylint: disable=import-outside-toplevel
   from dgan_jax.bigdatasetgan import train as head_train  # pylint: disable=import-outside-toplevel
-  config = load_config('test_vqgan')
+  config = load_config(name)
+  config.labeler = 'conv_head'        # test_vqgan's own; test_ddpm's MLP replaced by the head
+  if name == 'test_ddpm':     # its maps are all 32 px (upsampled): one group, two members
+    config.biggan.head.group_sizes, config.biggan.head.group_channels = (32,), (16,)
+    config.biggan.head.num_members = 2
+  config.data.num_classes, config.data.class_names = 2, ('background', 'foreground')
   g = generators.from_config(config.generator, config.seed)
+  g.sampling(config)        # the config's feature selection (DDPM: steps and blocks)
   arch = head_train.head_arch_for(g, config.biggan.head, config.data.num_classes)
   variables = head_lib.init(arch, 3)
   workdir = tmp_path / 'work'
@@ -185,7 +202,7 @@ def test_the_labeler_segments_through_the_encoder(tmp_path):
   for i, (h, w) in enumerate(sizes):
     picture = np.asarray(Image.open(folder / f'p{i}.png'))
     resized = image_utils.resize_image(picture, r, r)
-    _, maps = g.reconstruct(resized[None].astype(np.float32) / 127.5 - 1)
+    maps = maps_of(g, config, resized[None].astype(np.float32) / 127.5 - 1)
     logits, _ = head_lib.apply(arch, variables, maps, None)
     logits = np.asarray(head_lib.logits_to_grid(logits, layout))[:, 0, ..., 0]   # [M, r, r]
     vote = np.all(logits > 0, axis=0).astype(np.uint8)   # two members: a tie is background
