@@ -112,6 +112,9 @@ README_ROWS = {   # the README's toy table: row label -> run in docs/toy/eval.js
     'DatasetGAN synthetic, unfiltered': 'synthetic_unfiltered',
     'DatasetGAN synthetic, uncertainty-filtered': 'synthetic',
     'fully supervised (ceiling)': 'supervised',
+    'synthetic-pretrained, fine-tuned on the 16 annotated images': 'finetune_few_shot',
+    'from scratch on 100 labelled renders': 'real',
+    'synthetic-pretrained, fine-tuned on those 100 renders': 'finetune',
     'per-pixel colour classifier (RGB lookup)': 'colour_baseline',
 }
 
