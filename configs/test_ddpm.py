@@ -2,7 +2,8 @@
 learned variance, scale-shift norm, res-block resampling; 1000 diffusion steps): every
 stage in about a minute, offline. Samples take 4 respaced DDPM steps; brightness masks
 stand in for annotations, and the labeler trains on the features of those images, noised
-to steps 50, 150 and 250 (decoder blocks 1 and 3: 288 channels).
+to steps 50, 150 and 250 (decoder blocks 1 and 3: 288 channels). Evaluated: DeepLab on the DatasetDDPM samples and
+on the annotated ones, and the labeler itself on the test images ('labeler').
 
   python -m dgan_jax.main --config=configs/test_ddpm.py --workdir=/tmp/dgan_test_ddpm
 """
@@ -26,4 +27,5 @@ def get_config(arg=None):
   config.ddpm.blocks = (1, 3)
   config.ddpm.timestep_respacing = '4'
   config.generate.dataset_name = 'ddpm'
+  config.downstream.runs = ('synthetic', 'few_shot', 'labeler')
   return config

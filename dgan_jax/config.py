@@ -162,6 +162,12 @@ def base() -> ml_collections.ConfigDict:
   # for real test images (workdir/test_synthetic/); 0 = test_dir is required.
   config.evaluate.synthetic_test_images = 0
 
+  # The report stage. compare_with: other workdirs, comma-separated, scored on the same test
+  # images, classes, folds and resolution (say the toy GAN's beside the toy DDPM's); their
+  # runs become rows of this report's tables, labelled with the workdir's name.
+  config.report = ml_collections.ConfigDict()
+  config.report.compare_with = ''
+
   # BigDatasetGAN (defaults: its train.py and sample_dataset.py). Class-conditional
   # generators (BigGAN, BigGAN-deep) draw per-class samples with these fields instead of
   # sample.num_samples / generate.num_samples; the 'conv_head' labeler reads head and

@@ -13,6 +13,7 @@ share of the batch; sample i is the same whatever the batch size or device count
 """
 
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +21,10 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from dgan_jax import features
+from dgan_jax import generators
 from dgan_jax import labelers
 from dgan_jax import parallel
+from dgan_jax.errors import InputError
 from dgan_jax.generators import base
 
 
@@ -144,3 +147,34 @@ class Factory:
     return {'temp_bytes': stats.temp_size_in_bytes,
             'total_bytes': (stats.temp_size_in_bytes + stats.argument_size_in_bytes
                             + stats.output_size_in_bytes)}
+
+
+def image_labeler(config, workdir: str, batch_size: int = 0, what: str = '--labeler'
+                  ) -> Factory:
+  """The run's trained labeler (workdir's train_interpreter stage) over the features of
+  images the generator encodes (`Generator.encodes_images`): labels of images uint8
+  [N, R, R, 3] are `f.label_inputs(f.sampling.from_images(images, class_ids))`, R the
+  generator's resolution. Batches of batch_size (default config.generate.batch_size).
+  InputError, starting with `what`, for a generator that cannot encode images, cropped
+  rows (config.data.crop_rows) or no trained labeler."""
+  g = generators.from_config(config.generator, config.seed)
+  if not g.encodes_images:
+    raise InputError(f'{what}: a {g.family} generator regenerates samples from latents and '
+                     'cannot encode a photograph; segment with a DeepLab run (--run) instead')
+  if config.data.crop_rows:
+    raise InputError(f'config.data.crop_rows: a {g.family} generator labels whole square '
+                     f'images; {what} needs crop_rows empty')
+  sampling = g.sampling(config)
+  layout = features.layout_for(g, config.data)
+  labeler_class = labelers.from_config(config)
+  folder = os.path.join(workdir, labeler_class.folder)
+  if not os.path.isfile(os.path.join(folder, labeler_class.meta_file)):
+    raise InputError(f'{what}: {folder} holds no trained {config.labeler} labeler (run '
+                     'the train_interpreter stage)')
+  return Factory(g, sampling, labeler_class.load(folder), layout, config.generate.top_fraction,
+                 config.generate.chunk_rows, batch_size or config.generate.batch_size)
+
+
+def labeler_dir(config, workdir: str) -> str:
+  """Where the train_interpreter stage keeps the run's labeler."""
+  return os.path.join(workdir, labelers.from_config(config).folder)

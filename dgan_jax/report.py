@@ -29,7 +29,8 @@ from dgan_jax.downstream import data as data_lib
 from dgan_jax.downstream import train as train_lib
 from dgan_jax.errors import InputError
 
-RUN_LABELS = {'few_shot': 'few-shot', 'synthetic': 'synthetic (filtered)',
+RUN_LABELS = {'labeler': 'labeler (no DeepLab)',
+              'few_shot': 'few-shot', 'synthetic': 'synthetic (filtered)',
               'synthetic_unfiltered': 'synthetic (unfiltered)',
               'supervised': 'fully supervised',
               'finetune_few_shot': 'pretrained, fine-tuned on the annotated images',
@@ -59,18 +60,20 @@ def report(config, workdir: str) -> None:
   if not os.path.isfile(eval_path):
     raise InputError(f'{eval_path}: missing (run the evaluate stage first)')
   out_md = os.path.join(workdir, f'{io.REPORT}.md')
-  if os.path.exists(out_md) and os.path.getmtime(out_md) > os.path.getmtime(eval_path):
-    logging.info('report: %s is newer than %s, skipping', out_md, eval_path)
+  evaluation = io.read_json(eval_path)
+  compared = _compared_runs(config, evaluation)
+  inputs = [eval_path] + [os.path.join(w, io.EVAL_JSON) for w in compared_workdirs(config)]
+  if os.path.exists(out_md) and os.path.getmtime(out_md) > max(map(os.path.getmtime, inputs)):
+    logging.info('report: %s is newer than %s, skipping', out_md, ', '.join(inputs))
     return
   process_index, _ = parallel.initialize(config.distributed)
   if process_index != 0:
     return
-  evaluation = io.read_json(eval_path)
   generation = io.read_json(os.path.join(workdir, io.DATASET, 'generation.json'))
   baselines = _baselines(workdir)
   protocol = evaluation['protocol']
   with io.atomic_dir(os.path.join(workdir, io.REPORT)) as tmp:
-    blocks = _text_blocks(config, evaluation, generation, baselines)
+    blocks = _text_blocks(config, evaluation, generation, baselines, compared)
     blocks += _image_blocks(config, workdir, tmp, evaluation, generation)
     blocks += [('h2', 'Protocol'), ('p', protocol['description'].rstrip('.') + '.'),
                ('p', 'mIoU: ' + protocol['miou'].rstrip('.') + '.')]
@@ -78,6 +81,35 @@ def report(config, workdir: str) -> None:
   io.write_text(os.path.join(workdir, f'{io.REPORT}.html'), _to_html(title, blocks))
   io.write_text(out_md, _to_markdown(blocks))  # last: its presence marks a finished report
   logging.info('report: wrote %s and report.html', out_md)
+
+
+def compared_workdirs(config) -> list[str]:
+  return [w.strip() for w in config.report.compare_with.split(',') if w.strip()]
+
+
+def _compared_runs(config, evaluation: dict) -> dict[str, dict]:
+  """config.report.compare_with's runs: '<workdir name>: <run label>' -> its eval.json run
+  record. InputError naming the file when a workdir is unevaluated or was scored on other
+  test images (names, in order), classes, folds or resolution than this run."""
+  out = {}
+  for other in compared_workdirs(config):
+    path = os.path.join(other, io.EVAL_JSON)
+    record = io.read_json(path)
+    if record is None:
+      raise InputError(f'config.report.compare_with: {path} is missing (evaluate {other} '
+                       'first)')
+    mine, theirs = evaluation['protocol'], record['protocol']
+    for what, a, b in (('test images', evaluation['test_images'], record['test_images']),
+                       ('classes', evaluation['classes'], record['classes']),
+                       ('folds', mine['num_folds'], theirs['num_folds']),
+                       ('resolution', mine['resolution'], theirs['resolution'])):
+      if a != b:
+        raise InputError(f'config.report.compare_with: {path} was scored with other {what} '
+                         'than this run; only runs on the same test set compare')
+    name = os.path.basename(os.path.normpath(other))
+    out.update({f'{name}: {_label(run)}': record['runs'][run]
+                for run in _ordered_runs(record['runs'])})
+  return out
 
 
 def _baselines(workdir: str) -> list[tuple[str, dict]]:
@@ -107,8 +139,9 @@ def _percent(value) -> str:
 
 
 def _text_blocks(config, evaluation: dict, generation: dict | None,
-                 baselines: list[tuple[str, dict]]) -> list:
-  """Title, summary, the mIoU and per-class IoU tables."""
+                 baselines: list[tuple[str, dict]], compared: dict[str, dict]) -> list:
+  """Title, summary, the mIoU and per-class IoU tables (this run's rows, then the compared
+  workdirs', then the baselines)."""
   runs = evaluation['runs']
   names = _ordered_runs(runs)
   protocol = evaluation['protocol']
@@ -125,6 +158,12 @@ def _text_blocks(config, evaluation: dict, generation: dict | None,
     summary += (f' A segmenter trained on the synthetic dataset reaches {_percent(synthetic)}% '
                 f'mIoU against {_percent(few)}% for one trained on the annotated images '
                 f'alone ({100 * (synthetic - few):+.1f} points).')
+  labeler = runs.get('labeler', {}).get('miou_mean')
+  if labeler is not None:
+    summary += (f' The labeler itself, run on each test image\'s features, reaches '
+                f'{_percent(labeler)}% mIoU')
+    summary += (f' ({100 * (labeler - synthetic):+.1f} points against the synthetic '
+                'dataset\'s segmenter).' if synthetic is not None else '.')
   supervised = runs.get('supervised', {}).get('miou_mean')
   if supervised is not None:
     summary += (f' Fully supervised training on {runs["supervised"]["num_train_images"]} '
@@ -134,12 +173,12 @@ def _text_blocks(config, evaluation: dict, generation: dict | None,
             ('p', summary)]
   blocks += [('p', note) for note in domains.from_config(config).report_notes(config)]
 
+  labelled = [(_label(run), runs[run]) for run in names] + list(compared.items())
   rows = []
-  for run in names:
-    r = runs[run]
+  for label, r in labelled:
     miou = ('-' if r['miou_mean'] is None else
             f'{_percent(r["miou_mean"])} ± {_percent(r["miou_std"])}')
-    rows.append([_label(run), r['trained_on'], str(r['num_train_images']), miou,
+    rows.append([label, r['trained_on'], str(r['num_train_images']), miou,
                  _percent(r['miou_absent_as_zero_mean'])])
   for label, baseline in baselines:
     rows.append([label, baseline.get('trained_on', '-'),
@@ -151,7 +190,7 @@ def _text_blocks(config, evaluation: dict, generation: dict | None,
   blocks += [('p', baseline['description']) for _, baseline in baselines
              if 'description' in baseline]
 
-  columns = [(_label(r), runs[r]['class_iou']) for r in names]
+  columns = [(label, r['class_iou']) for label, r in labelled]
   columns += [(label, baseline.get('class_iou', {})) for label, baseline in baselines]
   rows = []
   for name in evaluation['classes']:

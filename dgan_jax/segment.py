@@ -56,10 +56,7 @@ from tqdm import tqdm
 
 from dgan_jax import config as config_lib
 from dgan_jax import factory as factory_lib
-from dgan_jax import features
-from dgan_jax import generators
 from dgan_jax import io
-from dgan_jax import labelers
 from dgan_jax import main as main_lib   # --config and --workdir, parsed as main parses them
 from dgan_jax import parallel
 from dgan_jax.data import images as image_utils
@@ -117,24 +114,9 @@ def labeler_segmenter(config, workdir: str, batch_size: int = 0,
                       class_id: int | None = None) -> Segmenter:
   """The run's labeler on the generator's features of each image (see the module
   docstring)."""
-  g = generators.from_config(config.generator, config.seed)
-  if not g.encodes_images:
-    raise InputError(f'--labeler: a {g.family} generator regenerates samples from latents and '
-                     'cannot encode a photograph; segment with a DeepLab run (--run) instead')
-  if config.data.crop_rows:
-    raise InputError(f'config.data.crop_rows: a {g.family} generator labels whole square '
-                     'images; --labeler needs crop_rows empty')
-  sampling = g.sampling(config)
-  layout = features.layout_for(g, config.data)
-  labeler_class = labelers.from_config(config)
-  folder = os.path.join(workdir, labeler_class.folder)
-  if not os.path.isfile(os.path.join(folder, labeler_class.meta_file)):
-    raise InputError(f'--labeler: {folder} holds no trained {config.labeler} labeler (run '
-                     'the train_interpreter stage)')
-  labeler = labeler_class.load(folder)
-  batch_size = batch_size or config.generate.batch_size
-  factory = factory_lib.Factory(g, sampling, labeler, layout, config.generate.top_fraction,
-                                config.generate.chunk_rows, batch_size)
+  factory = factory_lib.image_labeler(config, workdir, batch_size)
+  g, sampling, layout = factory.generator, factory.sampling, factory.layout
+  folder = factory_lib.labeler_dir(config, workdir)
 
   def predict(images):
     class_ids = None if class_id is None else np.full(len(images), class_id, np.int32)
@@ -146,7 +128,7 @@ def labeler_segmenter(config, workdir: str, batch_size: int = 0,
   record = {'kind': 'labeler', 'labeler': config.labeler, 'labeler_dir': os.path.abspath(folder),
             'generator': g.family, 'grid': list(layout.output_shape), 'class_id': class_id}
   return Segmenter(record, names, image_utils.palette_array(len(names), config.data.palette),
-                   g.resolution, batch_size, ('mean_js', 'score'), predict)
+                   g.resolution, factory.batch_size, ('mean_js', 'score'), predict)
 
 
 def _read(path: str) -> tuple[np.ndarray | None, str]:

@@ -335,7 +335,8 @@ def test_every_stage_runs_on_the_tiny_config(tmp_path):
   from configs import test_ddpm  # pylint: disable=import-outside-toplevel
   from dgan_jax import generators  # pylint: disable=import-outside-toplevel
   workdir = tmp_path / 'work'
-  result = run_main('--config=configs/test_ddpm.py', f'--workdir={workdir}')
+  result = run_main('--config=configs/test_ddpm.py', f'--workdir={workdir}',
+                    '--config.downstream.resolution=64')
   assert result.returncode == 0, result.stderr[-3000:]
   interpreter = json.loads((workdir / 'interpreter' / 'interpreter.json').read_text())
   assert interpreter['layout']['channels'] == [64, 32] * 3
@@ -354,3 +355,56 @@ def test_every_stage_runs_on_the_tiny_config(tmp_path):
   for i in range(config.sample.num_samples):
     stored = np.asarray(Image.open(workdir / 'annotate' / f'image_{i}.png'))
     assert np.abs(stored.astype(int) - expected[i]).max() <= 1
+  _check_labeler_row(g, config, workdir)
+
+
+def _members_vote(workdir, vectors: np.ndarray) -> np.ndarray:
+  """The saved MLP ensemble in numpy (Linear-ReLU-BatchNorm twice, Linear; BatchNorm with
+  its running statistics), each member's argmax, the majority vote (ties: smallest id):
+  vectors [P, D] -> labels [P]."""
+  with np.load(workdir / 'interpreter' / 'params.npz') as saved:
+    w = {k: saved[k].astype(np.float64) for k in saved.files}
+  num_members = w['params/linear0/weight'].shape[0]
+  votes = []
+  for m in range(num_members):
+    h = vectors.astype(np.float64)
+    for layer in (0, 1):
+      h = np.maximum(h @ w[f'params/linear{layer}/weight'][m]
+                     + w[f'params/linear{layer}/bias'][m], 0)
+      h = ((h - w[f'batch_stats/norm{layer}/mean'][m])
+           / np.sqrt(w[f'batch_stats/norm{layer}/var'][m] + 1e-5)
+           * w[f'params/norm{layer}/scale'][m] + w[f'params/norm{layer}/bias'][m])
+    votes.append(np.argmax(h @ w['params/linear2/weight'][m] + w['params/linear2/bias'][m], -1))
+  votes = np.stack(votes)
+  num_classes = w['params/linear2/bias'].shape[-1]
+  counts = np.stack([(votes == c).sum(0) for c in range(num_classes)])
+  return np.argmax(counts, axis=0)
+
+
+def _check_labeler_row(g, config, workdir):
+  """eval.json's 'labeler' row against the ensemble run here in numpy on g.features of
+  the stand-in test images, labels upscaled nearest to downstream.resolution (64, twice
+  the generator's 32) as the test labels are, IoU counted by hand, the 5 folds of sorted
+  names: each fold's mIoU over the images outside it, mean over classes present."""
+  record = json.loads((workdir / 'eval.json').read_text())['runs']['labeler']
+  assert record['trained_on'].startswith('the mlp labeler on each test image') and (
+      record['num_train_images'] == config.data.num_annotated)
+  names = sorted(p.name for p in (workdir / 'test_synthetic').glob('*.png'))
+  images = np.stack([np.asarray(Image.open(workdir / 'test_synthetic' / n)) for n in names])
+  masks = np.stack([np.load(workdir / 'test_synthetic' / n.replace('.png', '.npy'))
+                    for n in names])
+  g.select_features(config.ddpm.steps, config.ddpm.blocks)
+  maps = g.features(images.astype(np.float32) / 127.5 - 1, seed=config.seed)
+  vectors = np.concatenate([np.asarray(jax.image.resize(m, (m.shape[0], 32, 32, m.shape[-1]),
+                                                        'bilinear')) for m in maps], -1)
+  labels = _members_vote(workdir, vectors.reshape(-1, vectors.shape[-1])).reshape(-1, 32, 32)
+  labels, masks = (np.repeat(np.repeat(a, 2, 1), 2, 2) for a in (labels, masks))
+  c = config.data.num_classes
+  inter = np.stack([[((p == k) & (t == k)).sum() for k in range(c)] for p, t in zip(labels, masks)])
+  union = np.stack([[((p == k) | (t == k)).sum() for k in range(c)] for p, t in zip(labels, masks)])
+  size = len(names) // 5
+  for k, fold in enumerate(record['folds']):
+    others = [i for i in range(len(names)) if not k * size <= i < (k + 1) * size]
+    i, u = inter[others].sum(0), union[others].sum(0)
+    want = np.mean(i[u > 0] / u[u > 0])
+    assert abs(fold['test_miou'] - want) < 0.01, (k, fold['test_miou'], want)

@@ -155,3 +155,38 @@ def test_toy_note_and_missing_inputs(workdir):
   os.remove(workdir / 'eval.json')
   with pytest.raises(InputError, match='eval.json'):
     report_lib.report(config, str(workdir))
+
+
+def test_compared_workdirs_are_rows_on_the_same_test_set(workdir, tmp_path_factory):
+  """config.report.compare_with: another workdir's runs become rows of both tables,
+  labelled '<its name>: <run>'; one scored on other test images, or unevaluated, is an
+  error naming its eval.json. The labeler row's sentence gives its gap to 'synthetic'."""
+  record = json.loads((workdir / 'eval.json').read_text())
+  record['test_images'] = ['a.png', 'b.png']
+  record['protocol']['resolution'] = 64
+  record['runs']['labeler'] = _run('the mlp labeler on each test image', 2, 0.5, 0.03, 0.45,
+                                   (0.9, 0.4, 0.2))
+  (workdir / 'eval.json').write_text(json.dumps(record))
+  other = tmp_path_factory.mktemp('compare') / 'toy_gan'
+  other.mkdir()
+  theirs = dict(record, runs={'synthetic': _run('synthetic dataset: 9 images', 9, 0.6, 0.004,
+                                                0.55, (0.97, 0.7, 0.123))})
+  (other / 'eval.json').write_text(json.dumps(theirs))
+  config = _config()
+  config.report.compare_with = f'{other}, '
+  report_lib.report(config, str(workdir))
+  md = (workdir / 'report.md').read_text()
+  assert _row(md, 'labeler (no DeepLab)')[2:4] == ['2', '50.0 ± 3.0']
+  assert _row(md, 'toy_gan: synthetic (filtered)') == [
+      'toy_gan: synthetic (filtered)', 'synthetic dataset: 9 images', '9', '60.0 ± 0.4', '55.0']
+  assert _row(md, 'class')[-2:] == ['toy_gan: synthetic (filtered)', 'per-pixel colour classifier']
+  assert _row(md, 'wheel')[1:] == ['20.0', '-', '33.3', '85.0', '12.3', '-']
+  assert 'reaches 50.0% mIoU (+8.8 points against the synthetic dataset' in md
+
+  theirs['test_images'] = ['a.png', 'c.png']
+  (other / 'eval.json').write_text(json.dumps(theirs))
+  with pytest.raises(InputError, match=f'{other}/eval.json was scored with other test images'):
+    report_lib.report(config, str(workdir))
+  os.remove(other / 'eval.json')
+  with pytest.raises(InputError, match=f'{other}/eval.json is missing'):
+    report_lib.report(config, str(workdir))

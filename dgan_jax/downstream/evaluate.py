@@ -101,7 +101,6 @@ def fold_previews(arch: deeplab.DeepLabArch, run_dir: str, test, folds: list[dic
   mesh = mesh or parallel.make_mesh()
   predict = make_predict(deeplab.DeepLabV3(arch, train_lib.DTYPES[dtype]))
   replicated = NamedSharding(mesh, P())
-  colors = np.concatenate([palette, np.zeros((256 - len(palette), 3), np.uint8)])
   grids = []
   for fold in folds:
     shown = np.asarray(fold['test'][:count])
@@ -109,11 +108,17 @@ def fold_previews(arch: deeplab.DeepLabArch, run_dir: str, test, folds: list[dic
         train_lib.restore_epoch(run_dir, epochs[fold['selected_epoch']], arch), replicated)
     prediction, _, _ = predict_all(predict, variables, test.images[shown],
                                    test.labels[shown], batch_size, mesh)
-    tiles = np.concatenate([test.images[shown], colors[test.labels[shown]],
-                            colors[prediction]], axis=2)
-    grids.append(image_utils.grid(np.stack([image_utils.enlarge(t) for t in tiles]),
-                                  columns=2))
+    grids.append(prediction_grid(test.images[shown], test.labels[shown], prediction, palette))
   return grids
+
+
+def prediction_grid(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
+                    palette: np.ndarray) -> np.ndarray:
+  """images [N, R, R, 3], labels and predictions [N, R, R] -> a grid of (image | ground
+  truth | prediction). Ignored pixels are black."""
+  colors = np.concatenate([palette, np.zeros((256 - len(palette), 3), np.uint8)])
+  tiles = np.concatenate([images, colors[labels], colors[predictions]], axis=2)
+  return image_utils.grid(np.stack([image_utils.enlarge(t) for t in tiles]), columns=2)
 
 
 def best_epoch(run_record: dict) -> int:

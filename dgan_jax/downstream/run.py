@@ -18,6 +18,12 @@ The runs share one network, one recipe and one evaluation (config.downstream.run
                         trained on config.downstream.finetune_dir with the fine-tuning
                         schedule (config.downstream.finetune_*; 0: the few-shot run's)
   finetune_few_shot     the same, fine-tuned on the annotated images (the few-shot data)
+  labeler               no DeepLab: the train_interpreter stage's labeler itself on each
+                        test image's features, for generators that encode images (DDPM,
+                        VQGAN): ddpm-segmentation's protocol (its "DDPM" rows; DatasetDDPM
+                        is 'synthetic'). Test images are read at the generator's resolution,
+                        label maps resized (nearest) to the test labels' grid; one "epoch",
+                        so the folds only choose the images each fold is scored on
   (the domain's own)    e.g. the toy domain's 'supervised' ceiling (dgan_jax/domains.py)
 
 Labels (config.downstream.label_mode): 'labels' as generated; with
@@ -37,9 +43,12 @@ import time
 
 import numpy as np
 from absl import logging
+from tqdm import tqdm
 
 from dgan_jax import domains
+from dgan_jax import factory as factory_lib
 from dgan_jax import generators
+from dgan_jax import labelers
 from dgan_jax import io
 from dgan_jax import parallel
 from dgan_jax.data import annotated
@@ -52,8 +61,9 @@ from dgan_jax.downstream import metrics
 from dgan_jax.downstream import train as train_lib
 from dgan_jax.errors import InputError
 
+LABELER_RUN = 'labeler'
 RUNS = ('synthetic', 'synthetic_unfiltered', 'few_shot', 'real', 'finetune',
-        'finetune_few_shot')   # and the domain's extra runs
+        'finetune_few_shot', LABELER_RUN)   # and the domain's extra runs
 # Runs of the kind 'finetune' -> the run whose data (and from-scratch schedule) they take.
 FINETUNE_RUNS = {'finetune': 'real', 'finetune_few_shot': 'few_shot'}
 LABEL_MODES = ('labels', 'binary', 'class')
@@ -347,16 +357,39 @@ def train_downstream(config, workdir: str) -> None:
   runs = selected_runs(config)
   parallel.initialize(config.distributed)
   for run in runs:
-    train_run(config, workdir, run)
+    if run != LABELER_RUN:   # trained by the train_interpreter stage
+      train_run(config, workdir, run)
 
 
-def _trained_digests(workdir: str, runs) -> dict[str, str | None]:
-  """run -> SHA-256 of its train.json (None when unfinished): what eval.json was made from."""
+def _trained_digests(config, workdir: str, runs) -> dict[str, str | None]:
+  """run -> SHA-256 of its train.json (the labeler's: its meta file; None when
+  unfinished): what eval.json was made from."""
   digests = {}
   for run in runs:
-    path = os.path.join(workdir, io.DOWNSTREAM, run, 'train.json')
+    path = (os.path.join(factory_lib.labeler_dir(config, workdir),
+                         labelers.from_config(config).meta_file) if run == LABELER_RUN
+            else os.path.join(workdir, io.DOWNSTREAM, run, 'train.json'))
     digests[run] = io.file_digest(path) if os.path.isfile(path) else None
   return digests
+
+
+def labeler_scores(factory: factory_lib.Factory, test_dir: str, test, num_classes: int,
+                   mapping, progress: bool = True):
+  """The run 'labeler': the labeler on the test images read at the generator's
+  resolution -> (epochs [0], intersections [1, N, C], unions [1, N, C], predictions
+  uint8 [N, R, R] on the test labels' grid R x R)."""
+  own = data_lib.read_test_folder(test_dir, num_classes, factory.generator.resolution,
+                                  mapping)
+  batch, grid = factory.batch_size or len(own.names), test.labels.shape[1:]
+  predictions = []
+  for start in tqdm(range(0, len(own.names), batch), desc='evaluate labeler', unit='batch',
+                    disable=not progress):
+    out = factory.label_inputs(factory.sampling.from_images(own.images[start:start + batch],
+                                                            None))
+    predictions += [data_lib.resize_label(p.astype(np.uint8), *grid) for p in out['label']]
+  predictions = np.stack(predictions)
+  intersection, union = metrics.iou_counts(predictions, test.labels, num_classes)
+  return [0], np.asarray(intersection)[None], np.asarray(union)[None], predictions
 
 
 def evaluate(config, workdir: str) -> None:
@@ -372,7 +405,7 @@ def evaluate(config, workdir: str) -> None:
   """
   out_json = os.path.join(workdir, io.EVAL_JSON)
   runs = selected_runs(config)
-  trained_digests = _trained_digests(workdir, runs)
+  trained_digests = _trained_digests(config, workdir, runs)
   previous = io.read_json(out_json)
   if previous is not None:
     if previous.get('trained') == trained_digests:
@@ -394,8 +427,10 @@ def evaluate(config, workdir: str) -> None:
   test = data_lib.read_test_folder(test_dir, len(names), d.resolution,
                                    label_map(config, workdir))
   metrics.fold_splits(len(test.names), ev.num_folds)  # enough images?
+  labeler = (factory_lib.image_labeler(config, workdir, what="config.downstream.runs 'labeler'")
+             if LABELER_RUN in runs else None)
   for run in runs:
-    if not train_lib.is_complete(os.path.join(workdir, io.DOWNSTREAM, run)):
+    if run != LABELER_RUN and not train_lib.is_complete(os.path.join(workdir, io.DOWNSTREAM, run)):
       raise InputError(f'{os.path.join(workdir, io.DOWNSTREAM, run)}: training is not '
                        'complete (run the train_downstream stage first)')
   results = {}
@@ -404,9 +439,19 @@ def evaluate(config, workdir: str) -> None:
         test.images[:ev.preview_count], test.labels[:ev.preview_count], palette))
     for run in runs:
       run_dir = os.path.join(workdir, io.DOWNSTREAM, run)
-      trained = io.read_json(os.path.join(run_dir, 'train.json'))
-      epochs, intersections, unions = evaluate_lib.score_epochs(
-          arch, run_dir, test, ev.batch_size, dtype=d.dtype, description=run)
+      if run == LABELER_RUN:
+        epochs, intersections, unions, predictions = labeler_scores(
+            labeler, test_dir, test, len(names), label_map(config, workdir))
+        info = io.read_json(os.path.join(factory_lib.labeler_dir(config, workdir),
+                                         'info.json')) or {}
+        trained = {'description': f'the {config.labeler} labeler on each test image\'s '
+                                  f'{labeler.generator.family} features (no DeepLab)',
+                   'num_examples': info.get('num_annotated', config.data.num_annotated),
+                   'epochs': 0, 'steps_per_epoch': 0}
+      else:
+        trained = io.read_json(os.path.join(run_dir, 'train.json'))
+        epochs, intersections, unions = evaluate_lib.score_epochs(
+            arch, run_dir, test, ev.batch_size, dtype=d.dtype, description=run)
       cross = metrics.cross_validate(intersections, unions, ev.num_folds)
       record = evaluate_lib.summarize(cross, epochs, intersections, unions, names,
                                       test.names)
@@ -418,8 +463,14 @@ def evaluate(config, workdir: str) -> None:
       if trained.get('init'):
         results[run]['initialised_from'] = {k: trained['init'][k]
                                             for k in ('run_dir', 'epoch', 'head')}
-      grids = evaluate_lib.fold_previews(arch, run_dir, test, cross['folds'], epochs, palette,
-                                         ev.preview_count, ev.batch_size, dtype=d.dtype)
+      if run == LABELER_RUN:
+        shown = [np.asarray(fold['test'][:ev.preview_count]) for fold in cross['folds']]
+        grids = [evaluate_lib.prediction_grid(test.images[i], test.labels[i], predictions[i],
+                                              palette) for i in shown]
+      else:
+        grids = evaluate_lib.fold_previews(arch, run_dir, test, cross['folds'], epochs,
+                                           palette, ev.preview_count, ev.batch_size,
+                                           dtype=d.dtype)
       for k, grid in enumerate(grids):
         image_utils.save_png(os.path.join(tmp, f'{run}_fold{k}.png'), grid)
     table = evaluate_lib.format_table(names, results)

@@ -4,13 +4,11 @@
       --export=checkpoints/toy_cars32
 """
 
-import os
-import subprocess
-
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from dgan_jax import io
 from dgan_jax.errors import InputError
 from dgan_jax.gan import train
 
@@ -18,14 +16,6 @@ config_flags.DEFINE_config_file('config', None, 'GAN training config file.', loc
 flags.DEFINE_string('workdir', None, 'Training state, rendered images, samples.')
 flags.DEFINE_string('export', '', 'Write the EMA generator here when training ends.')
 flags.mark_flags_as_required(['config', 'workdir'])
-
-
-def _commit() -> str:
-  try:
-    return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True,
-                          text=True, cwd=os.path.dirname(__file__), check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return ''
 
 
 def main(argv):
@@ -37,7 +27,7 @@ def main(argv):
       train.export(config, state['g_ema'], flags.FLAGS.export, {
           'trained_by': 'python -m dgan_jax.gan', 'config': config.to_dict(),
           'steps': int(state['step']),
-          'kimg': int(state['step']) * config.batch_size / 1000, 'commit': _commit()})
+          'kimg': int(state['step']) * config.batch_size / 1000, 'commit': io.git_commit()})
   except InputError as e:
     raise SystemExit(f'error: {e}') from None
 

@@ -71,19 +71,20 @@ def _render_toy_cars(seed: int, count: int, size: int) -> np.ndarray:
 TRAINING_DATA = {'toy_cars': _render_toy_cars}
 
 
-def real_images(config, workdir: str) -> np.ndarray:
-  """The training images, rendered on the first call and kept in workdir/reals.npy."""
+def real_images(config, workdir: str, resolution: int | None = None) -> np.ndarray:
+  """The training images (config.data, config.num_reals, at `resolution`, default
+  config.generator.resolution), rendered on the first call and kept in workdir/reals.npy."""
+  resolution = resolution or config.generator.resolution
   path = os.path.join(workdir, 'reals.npy')
   if os.path.exists(path):
     reals = np.load(path, mmap_mode='r')
-    if reals.shape[0] == config.num_reals and reals.shape[1] == config.generator.resolution:
+    if reals.shape[0] == config.num_reals and reals.shape[1] == resolution:
       return np.asarray(reals)
   if config.data not in TRAINING_DATA:
     raise InputError(f'config.data: unknown image source {config.data!r}; '
                      f'known: {sorted(TRAINING_DATA)}')
   # The real images come from a stream separate from the generator's draws.
-  reals = TRAINING_DATA[config.data](config.seed + 1_000_003, config.num_reals,
-                                     config.generator.resolution)
+  reals = TRAINING_DATA[config.data](config.seed + 1_000_003, config.num_reals, resolution)
   io.save_npy(path, reals)
   return reals
 

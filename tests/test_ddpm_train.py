@@ -1,0 +1,112 @@
+"""The DDPM trainer (dgan_jax/ddpm/train.py) against guided_diffusion (guided-diffusion-sdk):
+its loss is GaussianDiffusion.training_losses' 'mse' on the same network, noise and
+timesteps; its zero-initialised layers are those guided_diffusion's fresh UNetModel holds
+at zero; a run interrupted and resumed ends where an uninterrupted one does; the export
+loads as a DDPM generator."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from configs import toy_ddpm_train
+from convert_weights import ddpm as convert_ddpm
+from dgan_jax import generators
+from dgan_jax.ddpm import train
+from dgan_jax.generators import checkpoint
+
+torch = pytest.importorskip('torch')
+script_util = pytest.importorskip('guided_diffusion.script_util')
+gaussian_diffusion = pytest.importorskip('guided_diffusion.gaussian_diffusion')
+
+LOSS_BOUND = 1e-5   # relative; float32 on both sides
+
+
+def _tiny_config():
+  config = toy_ddpm_train.get_config('tiny')
+  with config.unlocked():
+    config.model.image_size = 16
+    config.model.channel_mult = (1, 2)
+    config.model.attention_resolutions = (8,)
+  return config
+
+
+def _reference_model(arch):
+  """guided_diffusion's UNetModel with the trainer's architecture, fresh (its own init)."""
+  return script_util.create_model(
+      arch.image_size, arch.model_channels, arch.num_res_blocks,
+      channel_mult=','.join(str(int(m)) for m in arch.channel_mult), learn_sigma=arch.learn_sigma, class_cond=False,
+      attention_resolutions=','.join(str(r) for r in arch.attention_resolutions),
+      num_heads=arch.num_heads, num_head_channels=arch.num_head_channels,
+      use_scale_shift_norm=arch.use_scale_shift_norm,
+      resblock_updown=arch.resblock_updown).eval()
+
+
+def test_zero_initialised_layers_are_guided_diffusions():
+  """The parameters a fresh UNetModel holds at zero (its zero_module layers; GroupNorm
+  biases, zero there, are random here) are ours; no other parameter of ours is zero."""
+  arch = train.architecture(_tiny_config())
+  model = _reference_model(arch)
+  state = {k.replace('.', '/'): v for k, v in model.state_dict().items()}
+  ours = {k: np.asarray(v) for k, v in checkpoint.flatten(train.initial_params(arch, 0)).items()}
+  assert set(ours) == set(state)
+  norm_biases = {k for k in state if k.endswith('/bias')
+                 and (state[k[:-len('bias')] + 'weight'] == 1).all()}
+  theirs = {k for k, v in state.items() if not v.abs().max()} - norm_biases
+  assert theirs and {k for k, v in ours.items() if not np.abs(v).max()} == theirs
+
+
+def test_loss_is_guided_diffusions_mse():
+  """simple_loss on random weights against training_losses(model, x_start, t, noise)
+  (loss_type MSE, fixed variance: the 'mse' term only), mean over the batch."""
+  arch = train.architecture(_tiny_config())
+  model = _reference_model(arch)
+  rng = np.random.RandomState(0)
+  with torch.no_grad():
+    for p in model.parameters():
+      p.copy_(torch.from_numpy(rng.standard_normal(p.shape).astype(np.float32)
+                               / np.sqrt(np.prod(p.shape[1:]) if p.ndim > 1 else 10)))
+  params = checkpoint.unflatten(convert_ddpm.to_params(
+      {k: v.numpy() for k, v in model.state_dict().items()}))
+  process = script_util.create_gaussian_diffusion(
+      steps=arch.diffusion_steps, learn_sigma=False, noise_schedule=arch.noise_schedule)
+  assert process.loss_type == gaussian_diffusion.LossType.MSE
+  x0 = rng.uniform(-1, 1, (3, 16, 16, 3)).astype(np.float32)
+  noise = rng.standard_normal(x0.shape).astype(np.float32)
+  t = np.array([0, 417, 999])
+  nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
+  with torch.no_grad():
+    want = process.training_losses(model, nchw(x0), torch.from_numpy(t),
+                                   noise=nchw(noise))['loss'].mean().item()
+  got = float(jax.jit(train.simple_loss, static_argnums=1)(params, arch, x0, t, noise))
+  assert abs(got - want) <= LOSS_BOUND * want
+  # A mutation: the model fed the unscaled step index off by one gives another loss.
+  assert abs(float(train.simple_loss(params, arch, x0, np.minimum(t + 1, 999), noise))
+             - want) > 10 * LOSS_BOUND * want
+
+
+def test_resumed_run_ends_as_uninterrupted_and_exports(tmp_path):
+  config = _tiny_config()
+  whole = train.train(config, str(tmp_path / 'whole'))
+  halves = tmp_path / 'halves'
+  with config.unlocked():
+    config.num_steps = 3
+  train.train(config, str(halves))
+  with config.unlocked():
+    config.num_steps = 6
+  resumed = train.train(config, str(halves))
+  assert int(whole['step']) == int(resumed['step']) == 6
+  for a, b in zip(jax.tree.leaves(whole['ema']), jax.tree.leaves(resumed['ema'])):
+    np.testing.assert_array_equal(a, b)
+  assert list(resumed['history']['step']) == [2, 3, 4, 6]   # log_every 2, and each end
+  assert (halves / 'samples.png').is_file()
+
+  train.export(config, whole['ema'], str(tmp_path / 'export'), {'steps': 6})
+  g = generators.load(str(tmp_path / 'export'))
+  assert g.family == 'ddpm' and dataclasses.asdict(g.arch) == dataclasses.asdict(
+      train.architecture(config))
+  for name, value in checkpoint.flatten(whole['ema']).items():
+    np.testing.assert_array_equal(checkpoint.flatten(g.params)[name], value)
+  images = np.asarray(g.sample(np.arange(2), timestep_respacing='2'))
+  assert images.shape == (2, 16, 16, 3) and np.isfinite(images).all()
