@@ -166,19 +166,53 @@ def device_tables(layout: FeatureLayout) -> list[dict[str, jax.Array]]:
   return out
 
 
+def _on_one_cpu(x: jax.Array) -> bool:
+  devices = x.devices()
+  return len(devices) == 1 and next(iter(devices)).platform == 'cpu'
+
+
+def _bits_dtype(dtype) -> np.dtype | None:
+  """uint16 for 16-bit floats, whose rows XLA:CPU moves as float32 (see `as_bits`)."""
+  dtype = np.dtype(dtype)
+  if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize == 2:
+    return np.dtype(np.uint16)
+  return None
+
+
+def _view(x: jax.Array, dtype) -> jax.Array:
+  """x's memory read as `dtype` (same item size). One CPU device: no copy."""
+  return jax.device_put(np.asarray(x).view(dtype), x.sharding)
+
+
+def as_bits(store: jax.Array) -> jax.Array:
+  """A 16-bit float store on one CPU device as its uint16 bit patterns, in the same
+  memory; any other store as it is. `pixel_features(..., store_dtypes=)` reads them.
+
+  XLA:CPU computes 16-bit floats in float32, gathers and dynamic updates included, and
+  hoists the conversion out of the loop: reading rows of a bfloat16 store first converts
+  the whole store (a float32 copy of every map, twice the stored bytes); reading rows of
+  its bits converts only those rows.
+  """
+  if _bits_dtype(store.dtype) is None or not _on_one_cpu(store):
+    return store
+  return _view(store, np.uint16)
+
+
 def pixel_features(stores: Sequence[jax.Array], tables: Sequence[dict[str, jax.Array]],
                    image: jax.Array, y: jax.Array, x: jax.Array,
-                   dtype=jnp.float32) -> jax.Array:
+                   dtype=jnp.float32, store_dtypes: Sequence | None = None) -> jax.Array:
   """Feature vectors of chosen pixels, read from the kept native maps.
 
-  stores: per map [N, kept_l, w_l, C_l] (see `keep_rows`), any float dtype.
+  stores: per map [N, kept_l, w_l, C_l] (see `keep_rows`), any float dtype, or its bit
+    patterns (`as_bits`) with that float dtype in `store_dtypes`.
   tables: `device_tables(layout)`.
   image, y, x: integer arrays of one shape [...]: image index, output row (0 = first
     cropped row) and column.
   Returns [..., D] in `dtype`: the pixels' rows of the resized, concatenated, cropped maps.
   """
+  store_dtypes = store_dtypes or [s.dtype for s in stores]
   parts = []
-  for store, t in zip(stores, tables):
+  for store, store_dtype, t in zip(stores, store_dtypes, tables):
     _, kept, width, channels = store.shape
     store = store.reshape(-1, channels)
     row_base = image * kept
@@ -188,7 +222,10 @@ def pixel_features(stores: Sequence[jax.Array], tables: Sequence[dict[str, jax.A
     wy = t['row_w'][y][..., None]
     wx = t['col_w'][x][..., None]
     corners = jnp.stack([top + left, top + right, bottom + left, bottom + right], axis=-1)
-    v = jnp.take(store, corners, axis=0, mode='clip').astype(dtype)  # [..., 4, C]
+    v = jnp.take(store, corners, axis=0, mode='clip')  # [..., 4, C]
+    if v.dtype != store_dtype:
+      v = jax.lax.bitcast_convert_type(v, store_dtype)
+    v = v.astype(dtype)
     upper = (1 - wx) * v[..., 0, :] + wx * v[..., 1, :]
     lower = (1 - wx) * v[..., 2, :] + wx * v[..., 3, :]
     parts.append((1 - wy) * upper + wy * lower)
@@ -279,12 +316,20 @@ def extract_stores(synthesize: Callable[[int], tuple[jax.Array, Sequence[jax.Arr
   one copy ever exists; images [count, H', W, 3] uint8 on the labelled grid; seconds per
   image, the first (compiling) one excluded when there are several).
   """
-  stores = [jnp.zeros((count,) + shape, dtype) for shape in layout.kept_shapes]
+  dtype = np.dtype(dtype)
+  # 16-bit floats on one CPU device are written as their bits (see `as_bits`): XLA:CPU
+  # would convert the whole store to float32 and back for every image's update.
+  storage = _bits_dtype(dtype)
+  if storage is None or not _on_one_cpu(jnp.zeros((), dtype)):
+    storage = dtype
+  stores = [jnp.zeros((count,) + shape, storage) for shape in layout.kept_shapes]
 
   @functools.partial(jax.jit, donate_argnums=(0,))
   def put(stores, index, maps):
-    return [s.at[index].set(m[0].astype(s.dtype))
-            for s, m in zip(stores, keep_rows(maps, layout))]
+    values = [m[0].astype(dtype) for m in keep_rows(maps, layout)]
+    if storage != dtype:
+      values = [jax.lax.bitcast_convert_type(v, storage) for v in values]
+    return [s.at[index].set(v) for s, v in zip(stores, values)]
 
   images = np.zeros((count,) + layout.output_shape + (3,), np.uint8)
   seconds = []
@@ -297,4 +342,6 @@ def extract_stores(synthesize: Callable[[int], tuple[jax.Array, Sequence[jax.Arr
     jax.block_until_ready(stores)
     seconds.append(time.perf_counter() - start)
   per_image = float(np.mean(seconds[1:] if len(seconds) > 1 else seconds))
+  if storage != dtype:
+    stores = [_view(s, dtype) for s in stores]
   return stores, images, per_image

@@ -455,7 +455,8 @@ def pixel_permutations(seed: int, epoch: int, num_members: int, num_pixels: int,
 
 def _make_train_step(arch: InterpreterArch, options: TrainOptions,
                      layout: features_lib.FeatureLayout, mesh: Mesh, parallel: str,
-                     steps_per_epoch: int, freeze_stopped: bool) -> Callable:
+                     steps_per_epoch: int, freeze_stopped: bool,
+                     store_dtypes: tuple | None = None) -> Callable:
   """The compiled ensemble steps (state, stores, labels, permutation, count=1) ->
   (state, metrics of the last step): `count` steps in one call, a loop on the device. On
   CPU a call costs more than its step's work: each call allocates XLA's temporaries
@@ -465,11 +466,15 @@ def _make_train_step(arch: InterpreterArch, options: TrainOptions,
   freeze_stopped: keep the parameters and BatchNorm statistics of members the stopping
   rule has stopped (their optimizer moments may drift: they are never used again). The
   variant without it saves a pass over the weights while every member trains.
+
+  store_dtypes: the maps' float dtypes when the stores are their bits
+  (`features.as_bits`).
   """
   tables = features_lib.device_tables(layout)
   out_h, out_w = layout.output_shape
   tx = _optimizer(options.learning_rate)
   batch_sharding = NamedSharding(mesh, _batch_spec(parallel))
+  decode = {'store_dtypes': store_dtypes} if store_dtypes else {}
 
   def member_loss(params, stats, x, y):
     member_logits, new_stats = _member_apply(params, stats, x, True)
@@ -491,7 +496,8 @@ def _make_train_step(arch: InterpreterArch, options: TrainOptions,
       pixels = jax.lax.with_sharding_constraint(pixels, batch_sharding)
     image, rest = pixels // (out_h * out_w), pixels % (out_h * out_w)
     y, x = rest // out_w, rest % out_w
-    x_batch = features_lib.pixel_features(stores, tables, image, y, x)  # [M or 1, B, D]
+    x_batch = features_lib.pixel_features(stores, tables, image, y, x,
+                                          **decode)               # [M or 1, B, D]
     y_batch = labels[image, y, x].astype(jnp.int32)
     if options.shared_pixels:
       x_batch = jnp.broadcast_to(x_batch, (arch.num_members,) + x_batch.shape[1:])
@@ -576,6 +582,10 @@ def train(data: TrainData, arch: InterpreterArch, options: TrainOptions, seed: i
 
   replicated = NamedSharding(mesh, P())
   stores = [jax.device_put(s, replicated) for s in data.stores]
+  store_dtypes = tuple(s.dtype for s in stores)
+  stores = [features_lib.as_bits(s) for s in stores]
+  if all(s.dtype == d for s, d in zip(stores, store_dtypes)):
+    store_dtypes = None
   labels = jax.device_put(data.labels, replicated)
   state = init_state(arch, options, seed)
   state_shardings = _state_shardings(state, mesh, parallel)
@@ -583,7 +593,8 @@ def train(data: TrainData, arch: InterpreterArch, options: TrainOptions, seed: i
 
   permutation_sharding = NamedSharding(mesh, P(None, *_batch_spec(parallel)))
   steps = {freeze: _make_train_step(arch, options, data.layout, mesh, parallel,
-                                    steps_per_epoch, freeze) for freeze in (False, True)}
+                                    steps_per_epoch, freeze, store_dtypes)
+           for freeze in (False, True)}
   use_rule = not options.num_steps
   # Members still training (the stopping rule); the step variant depends on it.
   active = None

@@ -136,3 +136,30 @@ def test_extract_stores_keeps_native_rows_and_grids_the_image():
   # 32 px image on a 32 px grid: cropped rows, DatasetGAN's uint8 conversion.
   expected = np.clip(np.floor(np.concatenate(rgb)[:, 4:28] * 127.5 + 128), 0, 255)
   np.testing.assert_array_equal(images, expected.astype(np.uint8))
+
+
+def test_bfloat16_stores_are_read_through_their_bits():
+  """extract_stores in bfloat16 keeps the maps rounded to bfloat16; on one CPU device the
+  training step reads their uint16 bits (`as_bits`, the same memory) to the same values."""
+  shapes, channels, feature_size, crop_rows = CASES['car_like']
+  layout = features.FeatureLayout.create(shapes, channels, feature_size, crop_rows)
+  per_image = [random_maps(shapes, channels, 1, seed=30 + i) for i in range(3)]
+  stores, _, _ = features.extract_stores(
+      lambda i: (jnp.zeros((1, 32, 32, 3)), [jnp.asarray(m) for m in per_image[i]]), 3,
+      layout, jnp.bfloat16, progress=False)
+  rounded = [np.concatenate([m[l] for m in per_image]).astype(jnp.bfloat16)
+             for l in range(len(shapes))]
+  for store, want in zip(stores, features.keep_rows(rounded, layout)):
+    assert store.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(store, np.float32), np.asarray(want, np.float32))
+  bits = [features.as_bits(s) for s in stores]
+  if jax.default_backend() == 'cpu':
+    assert all(b.dtype == np.uint16 and b.unsafe_buffer_pointer() == s.unsafe_buffer_pointer()
+               for b, s in zip(bits, stores))
+  tables = features.device_tables(layout)
+  idx = jnp.arange(200)
+  args = (idx % 3, idx % layout.output_shape[0], (7 * idx) % layout.output_shape[1])
+  from_bits = jax.jit(lambda s, *a: features.pixel_features(
+      s, tables, *a, store_dtypes=[jnp.bfloat16] * len(s)))(bits, *args)
+  direct = jax.jit(features.pixel_features)(stores, tables, *args)
+  np.testing.assert_array_equal(np.asarray(from_bits), np.asarray(direct))
