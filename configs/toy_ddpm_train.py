@@ -15,6 +15,9 @@ from dgan_jax.ddpm import train
 
 def get_config(arg=None):
   config = train.default_config()
+  # The raw weights: after 4000 steps the EMA (decay 0.999, no warm-up) still holds 1.8% of
+  # the random initial weights, and its samples are visibly noisier.
+  config.export_weights = 'params'
   if arg == 'tiny':
     config.num_reals = 64
     config.batch_size = 4

@@ -5,15 +5,20 @@ at zero; a run interrupted and resumed ends where an uninterrupted one does; the
 loads as a DDPM generator."""
 
 import dataclasses
+import json
+import os
 
 import jax
 import numpy as np
 import pytest
 
+import conftest
+from configs import toy_ddpm
 from configs import toy_ddpm_train
 from convert_weights import ddpm as convert_ddpm
 from dgan_jax import generators
 from dgan_jax.ddpm import train
+from dgan_jax.errors import InputError
 from dgan_jax.generators import checkpoint
 
 torch = pytest.importorskip('torch')
@@ -102,6 +107,14 @@ def test_resumed_run_ends_as_uninterrupted_and_exports(tmp_path):
   assert list(resumed['history']['step']) == [2, 3, 4, 6]   # log_every 2, and each end
   assert (halves / 'samples.png').is_file()
 
+  assert train.exported_weights(config, whole) is whole['params']   # the toy config's choice
+  with config.unlocked():
+    config.export_weights = 'ema'
+  assert train.exported_weights(config, whole) is whole['ema']
+  with config.unlocked():
+    config.export_weights = 'last'
+  with pytest.raises(InputError, match="config.export_weights must be 'ema' or 'params'"):
+    train.exported_weights(config, whole)
   train.export(config, whole['ema'], str(tmp_path / 'export'), {'steps': 6})
   g = generators.load(str(tmp_path / 'export'))
   assert g.family == 'ddpm' and dataclasses.asdict(g.arch) == dataclasses.asdict(
@@ -110,3 +123,25 @@ def test_resumed_run_ends_as_uninterrupted_and_exports(tmp_path):
     np.testing.assert_array_equal(checkpoint.flatten(g.params)[name], value)
   images = np.asarray(g.sample(np.arange(2), timestep_respacing='2'))
   assert images.shape == (2, 16, 16, 3) and np.isfinite(images).all()
+
+
+def test_shipped_toy_ddpm_matches_its_stored_outputs():
+  """checkpoints/toy_ddpm32 through configs/toy_ddpm.py's loader: two feature maps of two
+  renders and a 4-step sample against tests/data/toy_ddpm32_golden.npz (written when the
+  checkpoint was shipped), so a changed checkpoint or loader fails here; and the config
+  it records is configs/toy_ddpm_train.py's, the command that reproduces it."""
+  golden = np.load(os.path.join(conftest.DATA_DIR, 'toy_ddpm32_golden.npz'))
+  config = toy_ddpm.get_config()
+  g = generators.from_config(config.generator, config.seed)
+  assert (g.family, g.resolution) == ('ddpm', 32)
+  maps = g.features(golden['images'].astype(np.float32) / 127.5 - 1, steps=(50, 250),
+                    blocks=(1, 5), seed=0)
+  np.testing.assert_allclose(maps[0], golden['t50_out1'], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(maps[3])[:, ::4, ::4], golden['t250_out5_every4'],
+                             rtol=1e-4, atol=1e-4)
+  sample = g.sample(np.arange(2), seed=0, timestep_respacing='4')
+  np.testing.assert_allclose(sample, golden['sample_4_steps'], atol=1e-4)
+  with open(os.path.join(config.generator.checkpoint, 'generator.json')) as f:
+    recorded = json.load(f)
+  assert recorded['config'] == json.loads(json.dumps(toy_ddpm_train.get_config().to_dict()))
+  assert (recorded['steps'], recorded['weights']) == (4000, 'params')

@@ -14,7 +14,8 @@ from dgan_jax.errors import InputError
 
 config_flags.DEFINE_config_file('config', None, 'DDPM training config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Training state, rendered images, samples.')
-flags.DEFINE_string('export', '', 'Write the EMA weights here when training ends.')
+flags.DEFINE_string('export', '', 'Write the weights (config.export_weights) here when '
+                    'training ends.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -25,8 +26,9 @@ def main(argv):
     state = train.train(config, flags.FLAGS.workdir)
     if flags.FLAGS.export:
       history = state['history']
-      train.export(config, state['ema'], flags.FLAGS.export, {
+      train.export(config, train.exported_weights(config, state), flags.FLAGS.export, {
           'trained_by': 'python -m dgan_jax.ddpm', 'config': config.to_dict(),
+          'weights': config.export_weights,
           'steps': int(state['step']), 'kimg': int(state['step']) * config.batch_size / 1000,
           'final_loss': float(history['loss'][-1]) if len(history['loss']) else None,
           'training_seconds': float(history['seconds'][-1]) if len(history['seconds']) else None,

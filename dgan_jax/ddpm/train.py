@@ -13,9 +13,11 @@ ResBlock's last convolution, the attention's proj_out and the output convolution
 
   workdir/reals.npy         the rendered training images [N, R, R, 3] uint8 (the toy GAN's)
   workdir/checkpoints/      orbax, the full training state, and history.json (the losses)
-  workdir/samples.png       EMA samples at the last `sample_every` step
+  workdir/samples.png       samples of the weights `export` writes, at the last
+                            `sample_every` step
 
-`export` writes the EMA weights in the converted-checkpoint format (generator.json with
+`export` writes the EMA weights (or, with config.export_weights 'params', the raw ones)
+in the converted-checkpoint format (generator.json with
 arch.type 'ddpm', params.npz) that `dgan_jax.generators.load` reads.
 """
 
@@ -60,6 +62,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.warmup_steps = 200
   config.grad_clip = 1.0
   config.ema_decay = 0.999
+  config.export_weights = 'ema'     # what --export writes: 'ema' or 'params' (the raw weights)
   config.mirror = True
   config.num_steps = 4000
   config.checkpoint_every = 500
@@ -159,7 +162,7 @@ def train(config, workdir: str) -> dict:
     done = step + 1
     if done % config.sample_every == 0 or done == config.num_steps:
       image_utils.save_png(os.path.join(workdir, 'samples.png'),
-                           sample_grid(config, arch, state['ema']))
+                           sample_grid(config, arch, exported_weights(config, state)))
     return state, metrics, config.batch_size, 1
 
   state, _ = training.run(
@@ -169,7 +172,16 @@ def train(config, workdir: str) -> dict:
   return state
 
 
+def exported_weights(config, state: dict) -> dict:
+  """The weights `export` takes from a training state: config.export_weights'."""
+  if config.export_weights not in ('ema', 'params'):
+    raise InputError(f"config.export_weights must be 'ema' or 'params', got "
+                     f'{config.export_weights!r}')
+  return state[config.export_weights]
+
+
 def export(config, params, out_dir: str, info: dict | None = None) -> None:
-  """Writes the EMA weights as a converted checkpoint directory (arch.type 'ddpm')."""
+  """Writes params (see `exported_weights`) as a converted checkpoint directory
+  (arch.type 'ddpm')."""
   arch_json = {'type': 'ddpm', **dataclasses.asdict(architecture(config))}
   checkpoint.save(out_dir, arch_json, jax.tree.map(np.asarray, params), {}, info)
