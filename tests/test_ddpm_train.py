@@ -41,7 +41,8 @@ def _reference_model(arch):
   """guided_diffusion's UNetModel with the trainer's architecture, fresh (its own init)."""
   return script_util.create_model(
       arch.image_size, arch.model_channels, arch.num_res_blocks,
-      channel_mult=','.join(str(int(m)) for m in arch.channel_mult), learn_sigma=arch.learn_sigma, class_cond=False,
+      channel_mult=','.join(str(int(m)) for m in arch.channel_mult),
+      learn_sigma=arch.learn_sigma, class_cond=False,
       attention_resolutions=','.join(str(r) for r in arch.attention_resolutions),
       num_heads=arch.num_heads, num_head_channels=arch.num_head_channels,
       use_scale_shift_norm=arch.use_scale_shift_norm,

@@ -245,8 +245,8 @@ def test_ema_beta_of_the_tiny_config(tmp_path):
 def test_real_batch_is_drawn_from_seed_and_step():
   config = _small_config()
   reals = np.random.default_rng(0).integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
-  a = train._real_batch(config, reals, 5)
-  np.testing.assert_array_equal(a, train._real_batch(config, reals, 5))
+  a = train.real_batch(config, reals, 5)
+  np.testing.assert_array_equal(a, train.real_batch(config, reals, 5))
   assert a.shape == (8, 8, 8, 3) and a.dtype == np.float32
   assert a.min() >= -1 and a.max() <= 1
   # Each image is one of the reals, maybe mirrored.
@@ -254,7 +254,7 @@ def test_real_batch_is_drawn_from_seed_and_step():
   for image in a:
     assert any(np.array_equal(image, c) or np.array_equal(image, c[:, ::-1])
                for c in candidates)
-  assert not np.array_equal(a, train._real_batch(config, reals, 6))
+  assert not np.array_equal(a, train.real_batch(config, reals, 6))
 
 
 # Export.

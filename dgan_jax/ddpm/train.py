@@ -44,6 +44,7 @@ from dgan_jax.generators import diffusion
 # Parameters guided-diffusion initialises to zero (`zero_module`).
 _ZERO_INIT = ('out_layers/3/', 'proj_out/', 'out/2/')
 SAMPLE_SEED_OFFSET = 7   # the sample grid's draws: a seed of their own
+REAL_BATCH_STREAM = 3    # the GAN's batches use stream 2
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -124,16 +125,6 @@ def make_step(config, arch: ddpm.DDPMArch, optimizer):
   return step
 
 
-def _real_batch(config, reals: np.ndarray, step: int) -> np.ndarray:
-  """The step's images as float [-1, 1], drawn from (seed, step)."""
-  rng = np.random.default_rng([config.seed, 3, step])
-  batch = reals[rng.integers(0, len(reals), config.batch_size)].astype(np.float32)
-  if config.mirror:
-    flip = rng.uniform(size=config.batch_size) < 0.5
-    batch[flip] = batch[flip, :, ::-1]
-  return batch / 127.5 - 1.0
-
-
 def sample_grid(config, arch: ddpm.DDPMArch, params, count: int = 64) -> np.ndarray:
   """A uint8 grid of `count` samples (DDPM over config.sample_respacing's steps), 8 per row."""
   g = ddpm.DDPMGenerator(arch, params)
@@ -158,7 +149,8 @@ def train(config, workdir: str) -> dict:
   def one_step(state, step, limit):
     del limit
     key = jax.random.fold_in(jax.random.key(config.seed), step)
-    state, metrics = step_fn(state, _real_batch(config, reals, step), key)
+    batch = gan_train.real_batch(config, reals, step, REAL_BATCH_STREAM)
+    state, metrics = step_fn(state, batch, key)
     done = step + 1
     if done % config.sample_every == 0 or done == config.num_steps:
       image_utils.save_png(os.path.join(workdir, 'samples.png'),

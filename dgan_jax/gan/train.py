@@ -183,9 +183,10 @@ def initial_state(config, g_arch, d_arch, optimizer) -> dict:
           'd_opt': optimizer.init(d)}
 
 
-def _real_batch(config, reals: np.ndarray, step: int) -> np.ndarray:
-  """The step's real images as float [-1, 1], drawn from (seed, step)."""
-  rng = np.random.default_rng([config.seed, 2, step])
+def real_batch(config, reals: np.ndarray, step: int, stream: int = 2) -> np.ndarray:
+  """The step's config.batch_size real images as float [-1, 1], drawn from (seed, stream,
+  step), flipped left-right at random with config.mirror."""
+  rng = np.random.default_rng([config.seed, stream, step])
   batch = reals[rng.integers(0, len(reals), config.batch_size)].astype(np.float32)
   if config.mirror:
     flip = rng.uniform(size=config.batch_size) < 0.5
@@ -227,7 +228,7 @@ def train(config, workdir: str) -> dict:
       # which is harmless; kept so that the published weights stay reproducible.
       key = jax.random.fold_in(jax.random.key(config.seed), step)
       regularize = step % config.r1_every == 0
-      state, logs = step_fn(state, _real_batch(config, reals, step), key, regularize)
+      state, logs = step_fn(state, real_batch(config, reals, step), key, regularize)
       if regularize:
         last_r1 = logs.pop('r1')
       if run_start is None:
