@@ -167,7 +167,7 @@ def image_labeler(config, workdir: str, batch_size: int = 0, what: str = '--labe
   sampling = g.sampling(config)
   layout = features.layout_for(g, config.data)
   labeler_class = labelers.from_config(config)
-  folder = os.path.join(workdir, labeler_class.folder)
+  folder = labeler_dir(config, workdir)
   if not os.path.isfile(os.path.join(folder, labeler_class.meta_file)):
     raise InputError(f'{what}: {folder} holds no trained {config.labeler} labeler (run '
                      'the train_interpreter stage)')

@@ -48,8 +48,8 @@ from tqdm import tqdm
 from dgan_jax import domains
 from dgan_jax import factory as factory_lib
 from dgan_jax import generators
-from dgan_jax import labelers
 from dgan_jax import io
+from dgan_jax import labelers
 from dgan_jax import parallel
 from dgan_jax.data import annotated
 from dgan_jax.data import images as image_utils
@@ -429,8 +429,8 @@ def evaluate(config, workdir: str) -> None:
   metrics.fold_splits(len(test.names), ev.num_folds)  # enough images?
   labeler = (factory_lib.image_labeler(config, workdir, what="config.downstream.runs 'labeler'")
              if LABELER_RUN in runs else None)
-  for run in runs:
-    if run != LABELER_RUN and not train_lib.is_complete(os.path.join(workdir, io.DOWNSTREAM, run)):
+  for run in set(runs) - {LABELER_RUN}:
+    if not train_lib.is_complete(os.path.join(workdir, io.DOWNSTREAM, run)):
       raise InputError(f'{os.path.join(workdir, io.DOWNSTREAM, run)}: training is not '
                        'complete (run the train_downstream stage first)')
   results = {}
