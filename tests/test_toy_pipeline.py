@@ -107,26 +107,35 @@ def test_shipped_toy_gan_matches_its_stored_outputs():
                              rtol=1e-4, atol=1e-4)
 
 
-README_ROWS = {   # the README's toy table: row label -> run in docs/toy/eval.json
-    'few-shot: the 16 annotated GAN images': 'few_shot',
-    'DatasetGAN synthetic, unfiltered': 'synthetic_unfiltered',
-    'DatasetGAN synthetic, uncertainty-filtered': 'synthetic',
-    'fully supervised (ceiling)': 'supervised',
-    'synthetic-pretrained, fine-tuned on the 16 annotated images': 'finetune_few_shot',
-    'from scratch on 100 labelled renders': 'real',
-    'synthetic-pretrained, fine-tuned on those 100 renders': 'finetune',
-    'per-pixel colour classifier (RGB lookup)': 'colour_baseline',
+README_ROWS = {   # the README's toy table: row label -> (file in docs/toy, run)
+    'few-shot: the 16 annotated GAN images': ('eval.json', 'few_shot'),
+    'DatasetGAN synthetic, unfiltered': ('eval.json', 'synthetic_unfiltered'),
+    'DatasetGAN synthetic, uncertainty-filtered': ('eval.json', 'synthetic'),
+    'fully supervised (ceiling)': ('eval.json', 'supervised'),
+    'synthetic-pretrained, fine-tuned on the 16 annotated images': ('eval.json',
+                                                                    'finetune_few_shot'),
+    'from scratch on 100 labelled renders': ('eval.json', 'real'),
+    'synthetic-pretrained, fine-tuned on those 100 renders': ('eval.json', 'finetune'),
+    'few-shot: the 16 annotated DDPM images': ('eval_ddpm.json', 'few_shot'),
+    'DDPM features, trained on the 16 annotated images': ('eval_ddpm.json', 'labeler'),
+    'DatasetDDPM synthetic, uncertainty-filtered': ('eval_ddpm.json', 'synthetic'),
+    'per-pixel colour classifier (RGB lookup)': ('colour_baseline.json', None),
 }
 
 
 def test_readme_toy_table_is_the_stored_evaluation():
-  """Every number of the README's results table comes from docs/toy/eval.json (and
-  colour_baseline.json), the files of the run that made it."""
+  """Every number of the README's results table comes from docs/toy/eval.json (the toy
+  GAN's run), eval_ddpm.json (the toy DDPM's, scored on the same test renders and folds)
+  and colour_baseline.json, the files of the runs that made it."""
   docs = os.path.join(conftest.REPO, 'docs', 'toy')
-  with open(os.path.join(docs, 'eval.json')) as f:
-    record = json.load(f)
-  with open(os.path.join(docs, 'colour_baseline.json')) as f:
-    colour = json.load(f)
+  records = {}
+  for name in ('eval.json', 'eval_ddpm.json', 'colour_baseline.json'):
+    with open(os.path.join(docs, name)) as f:
+      records[name] = json.load(f)
+  record, ddpm = records['eval.json'], records['eval_ddpm.json']
+  assert ddpm['test_images'] == record['test_images'] and ddpm['classes'] == record['classes']
+  for field in ('num_folds', 'resolution', 'num_test_images'):
+    assert ddpm['protocol'][field] == record['protocol'][field], field
   with open(os.path.join(conftest.REPO, 'README.md')) as f:
     readme = f.read()
   header = '| trained on | images | mIoU % | ' + ' | '.join(record['classes']) + ' |'
@@ -135,14 +144,16 @@ def test_readme_toy_table_is_the_stored_evaluation():
   rows = {cells[0]: cells[1:] for cells in
           ([c.strip() for c in line.strip('|').split('|')] for line in table)}
   assert set(rows) == set(README_ROWS)
-  for label, run in README_ROWS.items():
+  for label, (name, run) in README_ROWS.items():
     cells = rows[label]
-    if run == 'colour_baseline':
+    if run is None:
+      colour = records[name]
       expected = [str(colour['num_train_images']), f'{100 * colour["miou"]:.1f}'] + [
           f'{100 * colour["class_iou"][c]:.1f}' for c in record['classes']]
     else:
-      result = record['runs'][run]
+      result = records[name]['runs'][run]
       expected = [str(result['num_train_images']),
                   f'**{100 * result["miou_mean"]:.1f}** ± {100 * result["miou_std"]:.1f}'] + [
-                      f'{100 * result["class_iou"][c]["mean"]:.1f}' for c in record['classes']]
+                      '-' if result['class_iou'][c] is None
+                      else f'{100 * result["class_iou"][c]["mean"]:.1f}' for c in record['classes']]
     assert cells == expected, label
