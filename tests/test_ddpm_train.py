@@ -114,8 +114,13 @@ def test_resumed_run_ends_as_uninterrupted_and_exports(tmp_path):
   assert train.exported_weights(config, whole) is whole['ema']
   with config.unlocked():
     config.export_weights = 'last'
-  with pytest.raises(InputError, match="config.export_weights must be 'ema' or 'params'"):
+  with pytest.raises(InputError, match="config.export_weights must be one of"):
     train.exported_weights(config, whole)
+  with pytest.raises(InputError, match="config.export_weights must be one of"):
+    train.train(config, str(tmp_path / 'never'))
+  assert not (tmp_path / 'never').exists()   # refused before anything is written
+  with config.unlocked():
+    config.export_weights = 'ema'
   train.export(config, whole['ema'], str(tmp_path / 'export'), {'steps': 6})
   g = generators.load(str(tmp_path / 'export'))
   assert g.family == 'ddpm' and dataclasses.asdict(g.arch) == dataclasses.asdict(

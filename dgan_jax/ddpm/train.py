@@ -5,7 +5,7 @@ Ho et al.'s simple objective: t ~ U{0, ..., T-1}, eps ~ N(0, I), x_t = q_sample(
 eps), loss = mean |eps - eps_theta(x_t, t)|^2 (guided-diffusion's 'mse' loss; learn_sigma
 is off: the variance is fixed, beta_t or the posterior's with sigma_small). Adam with a
 linear warm-up, gradients clipped by global norm, an exponential moving average of the
-weights (what is exported), random left-right flips, orbax checkpoints (an interrupted run
+weights (exported by default; config.export_weights), random left-right flips, orbax checkpoints (an interrupted run
 resumes), a progress bar in images per second and a sample grid every `sample_every`
 steps. Every draw derives from config.seed and the step, so a resumed run continues the
 same sequence. The weights start as guided-diffusion's do where it matters: each
@@ -16,9 +16,9 @@ ResBlock's last convolution, the attention's proj_out and the output convolution
   workdir/samples.png       samples of the weights `export` writes, at the last
                             `sample_every` step
 
-`export` writes the EMA weights (or, with config.export_weights 'params', the raw ones)
-in the converted-checkpoint format (generator.json with
-arch.type 'ddpm', params.npz) that `dgan_jax.generators.load` reads.
+`export` writes the EMA weights (or, with config.export_weights 'params', the raw ones) in
+the converted-checkpoint format (generator.json with arch.type 'ddpm', params.npz) that
+`dgan_jax.generators.load` reads.
 """
 
 import dataclasses
@@ -43,6 +43,7 @@ from dgan_jax.generators import diffusion
 
 # Parameters guided-diffusion initialises to zero (`zero_module`).
 _ZERO_INIT = ('out_layers/3/', 'proj_out/', 'out/2/')
+EXPORT_CHOICES = ('ema', 'params')
 SAMPLE_SEED_OFFSET = 7   # the sample grid's draws: a seed of their own
 REAL_BATCH_STREAM = 3    # the GAN's batches use stream 2
 
@@ -75,6 +76,10 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def architecture(config) -> ddpm.DDPMArch:
+  """config.model as a DDPMArch; InputError for what the trainer cannot train (or export)."""
+  if config.export_weights not in EXPORT_CHOICES:
+    raise InputError(f'config.export_weights must be one of {EXPORT_CHOICES}, got '
+                     f'{config.export_weights!r}')
   arch = ddpm.DDPMArch(**config.model.to_dict())
   if arch.learn_sigma:
     raise InputError('config.model.learn_sigma: the trainer fits eps only (the simple '
@@ -136,8 +141,8 @@ def sample_grid(config, arch: ddpm.DDPMArch, params, count: int = 64) -> np.ndar
 def train(config, workdir: str) -> dict:
   """Trains to config.num_steps (resuming from the latest checkpoint) -> the final state on
   the host, with 'history'."""
-  os.makedirs(workdir, exist_ok=True)
   arch = architecture(config)
+  os.makedirs(workdir, exist_ok=True)
   reals = gan_train.real_images(config, workdir, arch.image_size)
   optimizer = make_optimizer(config)
   params = initial_params(arch, config.seed)
@@ -166,9 +171,7 @@ def train(config, workdir: str) -> dict:
 
 def exported_weights(config, state: dict) -> dict:
   """The weights `export` takes from a training state: config.export_weights'."""
-  if config.export_weights not in ('ema', 'params'):
-    raise InputError(f"config.export_weights must be 'ema' or 'params', got "
-                     f'{config.export_weights!r}')
+  architecture(config)   # checks the field
   return state[config.export_weights]
 
 
