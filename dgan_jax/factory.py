@@ -167,14 +167,9 @@ def image_labeler(config, workdir: str, batch_size: int = 0, what: str = '--labe
   sampling = g.sampling(config)
   layout = features.layout_for(g, config.data)
   labeler_class = labelers.from_config(config)
-  folder = labeler_dir(config, workdir)
+  folder = labelers.workdir_folder(config, workdir)
   if not os.path.isfile(os.path.join(folder, labeler_class.meta_file)):
     raise InputError(f'{what}: {folder} holds no trained {config.labeler} labeler (run '
                      'the train_interpreter stage)')
   return Factory(g, sampling, labeler_class.load(folder), layout, config.generate.top_fraction,
                  config.generate.chunk_rows, batch_size or config.generate.batch_size)
-
-
-def labeler_dir(config, workdir: str) -> str:
-  """Where the train_interpreter stage keeps the run's labeler."""
-  return os.path.join(workdir, labelers.from_config(config).folder)

@@ -14,6 +14,7 @@ predictions into a label (majority vote) and an uncertainty (Jensen-Shannon dive
 
 import abc
 import importlib
+import os
 from typing import Any, Callable, ClassVar
 
 import jax
@@ -84,3 +85,8 @@ def labeler_class(name: str) -> type[Labeler]:
 
 def from_config(config) -> type[Labeler]:
   return labeler_class(config.labeler)
+
+
+def workdir_folder(config, workdir: str) -> str:
+  """Where the train_interpreter stage keeps the run's labeler: workdir/<its folder>."""
+  return os.path.join(workdir, from_config(config).folder)

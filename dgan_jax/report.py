@@ -241,7 +241,7 @@ def _image_blocks(config, workdir: str, out_dir: str, evaluation: dict,
   if annotated is not None:
     save('annotated.png', train_lib.preview_batch(*annotated, palette),
          f'The {len(annotated[0])} annotated images and their masks (image | mask).')
-  labeler_dir = os.path.join(workdir, labelers.from_config(config).folder)
+  labeler_dir = labelers.workdir_folder(config, workdir)
   copy(os.path.join(labeler_dir, 'check.png'), 'interpreter_check.png',
        'Labeler input check: annotated image | regenerated from its latent | mask.')
   copy(os.path.join(labeler_dir, 'preview.png'), 'interpreter_preview.png',

@@ -57,6 +57,7 @@ from tqdm import tqdm
 from dgan_jax import config as config_lib
 from dgan_jax import factory as factory_lib
 from dgan_jax import io
+from dgan_jax import labelers
 from dgan_jax import main as main_lib   # --config and --workdir, parsed as main parses them
 from dgan_jax import parallel
 from dgan_jax.data import images as image_utils
@@ -116,7 +117,7 @@ def labeler_segmenter(config, workdir: str, batch_size: int = 0,
   docstring)."""
   factory = factory_lib.image_labeler(config, workdir, batch_size)
   g, sampling, layout = factory.generator, factory.sampling, factory.layout
-  folder = factory_lib.labeler_dir(config, workdir)
+  folder = labelers.workdir_folder(config, workdir)
 
   def predict(images):
     class_ids = None if class_id is None else np.full(len(images), class_id, np.int32)

@@ -128,7 +128,7 @@ def train_interpreter(config, workdir: str) -> None:
   labeler, preview.png (image | mask | prediction | disagreement), history.npz, info.json.
   """
   labeler_class = labelers.from_config(config)
-  out = os.path.join(workdir, labeler_class.folder)
+  out = labelers.workdir_folder(config, workdir)
   if os.path.exists(os.path.join(out, labeler_class.meta_file)):
     logging.info('train_interpreter: %s exists, skipping', out)
     return
@@ -202,7 +202,7 @@ def generate(config, workdir: str) -> None:
   the dataset is complete for the same plan (seed, sampling settings, labeler weights)."""
   parallel.initialize(config.distributed)   # before anything touches a device
   labeler_class = labelers.from_config(config)
-  labeler_dir = os.path.join(workdir, labeler_class.folder)
+  labeler_dir = labelers.workdir_folder(config, workdir)
   labeler = labeler_class.load(labeler_dir)
   if labeler.num_members == 1 and config.generate.drop_fraction > 0:
     raise InputError(f'config.generate.drop_fraction > 0 needs an ensemble to score samples; '

@@ -366,7 +366,7 @@ def _trained_digests(config, workdir: str, runs) -> dict[str, str | None]:
   unfinished): what eval.json was made from."""
   digests = {}
   for run in runs:
-    path = (os.path.join(factory_lib.labeler_dir(config, workdir),
+    path = (os.path.join(labelers.workdir_folder(config, workdir),
                          labelers.from_config(config).meta_file) if run == LABELER_RUN
             else os.path.join(workdir, io.DOWNSTREAM, run, 'train.json'))
     digests[run] = io.file_digest(path) if os.path.isfile(path) else None
@@ -442,7 +442,7 @@ def evaluate(config, workdir: str) -> None:
       if run == LABELER_RUN:
         epochs, intersections, unions, predictions = labeler_scores(
             labeler, test_dir, test, len(names), label_map(config, workdir))
-        info = io.read_json(os.path.join(factory_lib.labeler_dir(config, workdir),
+        info = io.read_json(os.path.join(labelers.workdir_folder(config, workdir),
                                          'info.json')) or {}
         trained = {'description': f'the {config.labeler} labeler on each test image\'s '
                                   f'{labeler.generator.family} features (no DeepLab)',
